@@ -1,0 +1,27 @@
+# Two entry points (see README): `make serve` runs spreadguard locally, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/spreadguard certs generate --out certs/
+	$(BIN)/spreadguard serve --policies policies/ --tls-cert certs/tls.crt --tls-key certs/tls.key
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/benchmark.py
+
+clean:
+	rm -rf $(VENV) certs/*.crt certs/*.key

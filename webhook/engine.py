@@ -1,0 +1,200 @@
+"""``evaluate(obj, context, policies) -> Decision``: the one pure function behind the server, the
+audit command and the policy tests. No HTTP, no cluster calls.
+
+How several matching policies combine: policies run in name order. Mutations of ``enforce`` and
+``warn`` policies apply one after another on the same copy; each mutator skips what is already
+there, so a later policy never duplicates or rewrites an earlier one's addition. Rule findings are
+collected from every policy; a finding denies when its policy is in ``enforce`` mode and the rule's
+action is ``deny``; otherwise it becomes a warning. ``dryrun`` policies change nothing: what they
+would add and reject is reported as warnings and audit annotations.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+
+from webhook import podspec, workloads
+from webhook.mutators import MUTATORS
+from webhook.policy import Facts, Policy, matches
+from webhook.rules import RULES
+from webhook.target import Context, Finding, Target
+from webhook.workloads import Group, Kind
+
+__all__ = ["Context", "Decision", "Violation", "evaluate"]
+
+ACTING_OPERATIONS = ("CREATE", "UPDATE")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    policy: str
+    path: str
+    message: str
+
+    def text(self) -> str:
+        return f"[{self.rule}] {self.path}: {self.message} (policy {self.policy})"
+
+
+@dataclass
+class Decision:
+    """What spreadguard decides for one object."""
+
+    allowed: bool = True
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)  # the ones that deny
+    advisories: list[Violation] = field(default_factory=list)  # findings that did not deny
+    notes: list[str] = field(default_factory=list)  # what the patch adds, one line per change
+    dryrun: list[str] = field(default_factory=list)  # what dryrun policies would add
+    info: list[str] = field(default_factory=list)  # how the kind is handled, when it is special
+    policies: list[str] = field(default_factory=list)  # names of the policies that matched
+    mutated: dict | None = None  # the object after the patch
+
+    @property
+    def warnings(self) -> list[str]:
+        """Everything a user should read besides the denial: findings, dryrun changes, notes."""
+        return [v.text() for v in self.advisories] + self.dryrun + self.info
+
+
+def _labels_of(obj: dict) -> dict[str, str]:
+    labels = (obj.get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
+
+
+def _team(obj: dict, template: dict, policy: Policy, ctx: Context) -> str | None:
+    """Team: the pod template's label, the object's label, the policy's namespace map, the namespace label."""
+    for labels in (_labels_of(template), _labels_of(obj)):
+        if labels.get(workloads.TEAM_LABEL):
+            return str(labels[workloads.TEAM_LABEL])
+    cfg = policy.spec.mutate.teamTolerations
+    if cfg and ctx.namespace in cfg.namespaceTeams:
+        return cfg.namespaceTeams[ctx.namespace]
+    return ctx.namespace_labels.get(workloads.TEAM_LABEL) or None
+
+
+def _touched(group: Group, obj: dict, ctx: Context) -> bool:
+    """On UPDATE, whether the user changed this group's template (only then do we act on it).
+
+    Mutating an unchanged template would fail on immutable templates (Job, JobSet) and rewrite
+    workloads created before spreadguard; their pods still get the Pod backstop.
+    """
+    if ctx.operation != "UPDATE" or ctx.old_object is None:
+        return True
+    if not group.path:  # a Pod's spec is immutable after creation
+        return False
+    return workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path)
+
+
+def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> Facts:
+    templates = [workloads.pod_template(obj, g) for g in groups]
+    gpu = any(podspec.requests_gpu(podspec.spec_of(t), gpu_resources) for t in templates)
+    if kind.kind == "TrainJob":  # no pod template: resources live in spec.trainer
+        res = workloads.get(obj, ("spec", "trainer", "resourcesPerNode")) or {}
+        gpu = podspec.requests_gpu({"containers": [{"resources": res}]}, gpu_resources)
+    return Facts(
+        kind=kind,
+        namespace=namespace,
+        labels=[_labels_of(obj)] + [_labels_of(t) for t in templates],
+        workload_class=workloads.workload_class(obj, kind, templates),
+        gpu=gpu,
+        largest_group=max((g.replicas or 1 for g in groups), default=0),
+    )
+
+
+def _targets(obj: dict, kind: Kind, groups: list[Group], facts: Facts, policy: Policy, ctx: Context) -> list[Target]:
+    out = []
+    for g in groups:
+        template = workloads.pod_template(obj, g)
+        if not isinstance(template, dict):
+            continue
+        out.append(
+            Target(
+                obj=obj,
+                kind=kind,
+                group=g,
+                template=template,
+                workload_class=facts.workload_class,
+                team=_team(obj, template, policy, ctx),
+                gpu=podspec.requests_gpu(podspec.spec_of(template), policy.spec.gpuResources),
+                policy_name=policy.name,
+                policy=policy.spec,
+                context=ctx,
+            )
+        )
+    return out
+
+
+def _mutate(targets: list[Target]) -> list[str]:
+    notes = []
+    for t in targets:
+        for mutator in MUTATORS:
+            note = mutator.mutate(t)
+            if note:
+                notes.append(f"{mutator.ID}: {note}")
+    return notes
+
+
+def _check(targets: list[Target], policy: Policy) -> list[tuple[str, str, Target, Finding]]:
+    """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped."""
+    out = []
+    for rule_id, rule in RULES.items():
+        cfg = policy.spec.rules.get(rule_id)
+        action = cfg.action if cfg else rule.DEFAULT_ACTION
+        if action == "off":
+            continue
+        for t in targets:
+            out.extend((rule_id, action, t, f) for f in rule.check(t))
+    return out
+
+
+def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Decision:
+    """Decide what to add to ``obj`` and whether to admit it, under ``policies``.
+
+    Unknown kinds, DELETE and CONNECT pass untouched. ``obj`` is never modified.
+    """
+    ctx = context or Context()
+    decision = Decision()
+    kind = workloads.kind_of(obj) if isinstance(obj, dict) else None
+    if kind is None or ctx.operation not in ACTING_OPERATIONS:
+        return decision
+    namespace = ctx.namespace or (obj.get("metadata") or {}).get("namespace") or ""
+    if kind.note:
+        name = (obj.get("metadata") or {}).get("name") or ""
+        decision.info.append(kind.note.format(name=name))
+
+    mutated = copy.deepcopy(obj)
+    groups = workloads.groups_of(mutated)
+    touched = [g for g in groups if _touched(g, obj, ctx)]
+    findings: dict[tuple[str, str], tuple[bool, Violation]] = {}
+
+    for policy in sorted(policies, key=lambda p: p.name):
+        facts = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
+        if not matches(policy, facts):
+            continue
+        decision.policies.append(policy.name)
+        mode = policy.spec.mode
+        if mode == "dryrun":
+            scratch = copy.deepcopy(mutated)
+            would = _mutate(
+                _targets(scratch, kind, [g for g in workloads.groups_of(scratch) if g in touched], facts, policy, ctx)
+            )
+            decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
+        else:
+            decision.notes.extend(_mutate(_targets(mutated, kind, touched, facts, policy, ctx)))
+        for rule_id, action, target, finding in _check(_targets(mutated, kind, groups, facts, policy, ctx), policy):
+            v = Violation(rule_id, policy.name, finding.path, finding.message)
+            denies = mode == "enforce" and action == "deny" and target.group in touched
+            key = (rule_id, finding.path)
+            if key not in findings or (denies and not findings[key][0]):
+                findings[key] = (denies, v)
+
+    for denies, v in findings.values():
+        (decision.violations if denies else decision.advisories).append(v)
+    decision.allowed = not decision.violations
+    decision.patch = jsonpatch.make_patch(obj, mutated).patch if mutated != obj else []
+    decision.mutated = mutated
+    return decision

@@ -1,0 +1,38 @@
+"""anti-affinity: pod anti-affinity between the pods of one group on the policy's topology key
+(``kubernetes.io/hostname``), so one node failure takes at most one replica."""
+
+from __future__ import annotations
+
+from webhook import podspec
+from webhook.target import Target
+
+ID = "anti-affinity"
+
+
+def already_spread(t: Target, topology_key: str) -> bool:
+    """Whether the template already repels its own group on ``topology_key`` (required or preferred)."""
+    labels = t.labels
+    for required in (True, False):
+        for term in podspec.pod_affinity_terms(t.spec, "podAntiAffinity", required):
+            if term.get("topologyKey") == topology_key and podspec.term_selects(term, labels):
+                return True
+    return False
+
+
+def mutate(t: Target) -> str | None:
+    cfg = t.policy.mutate.antiAffinity
+    if cfg is None or not cfg.enabled or not t.group.selector:
+        return None
+    if t.group.replicas is not None and t.group.replicas < cfg.minReplicas:
+        return None
+    if already_spread(t, cfg.topologyKey):
+        return None
+    term = {"labelSelector": t.group.selector, "topologyKey": cfg.topologyKey}
+    anti = t.template.setdefault("spec", {}).setdefault("affinity", {}).setdefault("podAntiAffinity", {})
+    if cfg.mode == "required":
+        anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(term)
+    else:
+        anti.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+            {"weight": cfg.weight, "podAffinityTerm": term}
+        )
+    return f"{t.describe}: {cfg.mode} anti-affinity on {cfg.topologyKey}"

@@ -1,0 +1,32 @@
+"""topology-spread: ``topologySpreadConstraints`` from the policy (e.g. zones for serving),
+selecting the group's own pods."""
+
+from __future__ import annotations
+
+from webhook import podspec
+from webhook.target import Target
+
+ID = "topology-spread"
+
+
+def mutate(t: Target) -> str | None:
+    if not t.group.selector:
+        return None
+    labels = t.labels
+    added = []
+    for c in t.policy.mutate.topologySpread:
+        if t.group.replicas is not None and t.group.replicas < c.minReplicas:
+            continue
+        existing = [x for x in t.spec.get("topologySpreadConstraints") or [] if isinstance(x, dict)]
+        if any(x.get("topologyKey") == c.topologyKey and podspec.term_selects(x, labels) for x in existing):
+            continue
+        t.template.setdefault("spec", {}).setdefault("topologySpreadConstraints", []).append(
+            {
+                "maxSkew": c.maxSkew,
+                "topologyKey": c.topologyKey,
+                "whenUnsatisfiable": c.whenUnsatisfiable,
+                "labelSelector": t.group.selector,
+            }
+        )
+        added.append(c.topologyKey)
+    return f"{t.describe}: spread over {', '.join(added)}" if added else None

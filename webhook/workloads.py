@@ -1,0 +1,481 @@
+"""What each workload kind looks like: where its pod templates are, how many replicas each
+group has, and which labels identify one group's pods.
+
+This is the only module that knows kinds. Everything is data (``KINDS``, ``POD_GROUP_LABELS``);
+``groups_of(obj)`` turns an object into its replica groups for the mutators and rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Path = tuple[str | int, ...]
+
+GROUP_LABEL = "spreadguard.io/group"
+TEAM_LABEL = "spreadguard.io/team"
+WORKLOAD_LABEL = "spreadguard.io/workload"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One set of interchangeable pods: the replicas that must not share a node."""
+
+    name: str  # group name inside the workload: "Worker", "workers", "gpu-workers", "pods"
+    path: Path  # JSON path of the pod template (or of the Pod itself: metadata + spec)
+    replicas: int | None  # None: not knowable at admission (a Pod of a controller)
+    selector: dict[str, Any]  # LabelSelector matching this group's pods
+    add_labels: dict[str, str] = field(default_factory=dict)  # labels spreadguard must add
+    role: str = ""  # "head", "launcher", "master", "chief" ... or "" for plain replicas
+
+    @property
+    def path_str(self) -> str:
+        return format_path(self.path)
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """A family of pod templates inside one kind.
+
+    ``each`` yields ``(group_name, path, node)`` for every template in the object, where
+    ``node`` is the dict holding ``replicas``-like fields; ``replicas(obj, node)`` counts pods;
+    ``selector(obj, group_name, node)`` gives the LabelSelector of the pods the controller makes.
+    """
+
+    each: Callable[[dict], Iterator[tuple[str, Path, dict]]]
+    replicas: Callable[[dict, dict], int]
+    selector: Callable[[dict, str, dict], dict[str, Any]]
+    add_group_label: bool = False  # pod names unknown at admission: spreadguard labels the group
+    role: Callable[[str], str] = lambda name: ""
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str  # API group, "" for core
+    kind: str
+    workload_class: str  # "training" or "serving": default when the object does not say
+    templates: tuple[TemplateSet, ...]
+    note: str = ""  # said in a warning when the kind is handled specially
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def get(obj: Any, path: Path, default: Any = None) -> Any:
+    """Follow ``path`` through dicts and lists; ``default`` when any step is missing."""
+    cur = obj
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(cur, list) or step >= len(cur):
+                return default
+        elif not isinstance(cur, dict) or step not in cur:
+            return default
+        cur = cur[step]
+    return cur
+
+
+def format_path(path: Path) -> str:
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+def _int(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return default
+
+
+def _name(obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    return meta.get("name") or meta.get("generateName") or ""
+
+
+def _single(path: Path, group: str = "pods") -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
+    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+        if isinstance(get(obj, path), dict):
+            yield group, path, obj.get("spec") or {}
+
+    return each
+
+
+def _mapping(base: Path) -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
+    """Kubeflow ``*ReplicaSpecs``: a map of replica type to {replicas, template}."""
+
+    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+        specs = get(obj, base)
+        if isinstance(specs, dict):
+            for rtype, spec in specs.items():
+                if isinstance(spec, dict) and isinstance(spec.get("template"), dict):
+                    yield rtype, (*base, rtype, "template"), spec
+
+    return each
+
+
+def _list(base: Path, template: Path, name_key: str = "name") -> Callable[..., Iterator]:
+    """A list of named groups, each with its template at ``template`` below the entry."""
+
+    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+        items = get(obj, base)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if isinstance(item, dict) and isinstance(get(item, template), dict):
+                    yield str(item.get(name_key) or i), (*base, i, *template), item
+
+    return each
+
+
+def _selector_labels(obj: dict, _group: str, _node: dict) -> dict[str, str]:
+    """Deployment-like kinds: the pods are those of ``spec.selector.matchLabels``."""
+    labels = get(obj, ("spec", "selector", "matchLabels"))
+    if not (isinstance(labels, dict) and labels) or get(obj, ("spec", "selector", "matchExpressions")):
+        labels = get(obj, ("spec", "template", "metadata", "labels")) or {}
+    return {k: v for k, v in labels.items() if k not in POD_VOLATILE_LABELS}
+
+
+def _kubeflow(obj: dict, rtype: str, _node: dict) -> dict[str, str]:
+    return {"training.kubeflow.org/job-name": _name(obj), "training.kubeflow.org/replica-type": rtype.lower()}
+
+
+def _match(labels: Callable[[dict, str, dict], dict[str, str]]) -> Callable[[dict, str, dict], dict]:
+    """A selector function from a label function: ``{"matchLabels": labels}`` (empty when none)."""
+
+    def selector(obj: dict, group: str, node: dict) -> dict[str, Any]:
+        found = labels(obj, group, node)
+        return {"matchLabels": found} if found else {}
+
+    return selector
+
+
+def _group_label(prefix: Callable[[dict], str]) -> Callable[[dict, str, dict], dict[str, Any]]:
+    return _match(lambda obj, group, _n: {GROUP_LABEL: f"{prefix(obj)}{group}"[:63].rstrip("-_.")})
+
+
+LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
+LWS_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+
+
+def _lws_selector(leader: bool) -> Callable[[dict, str, dict], dict[str, Any]]:
+    """Leaders are worker-index 0; workers are the rest, or every pod when there is no leaderTemplate."""
+
+    def selector(obj: dict, _group: str, _node: dict) -> dict[str, Any]:
+        name = {LWS_NAME: _name(obj)}
+        if leader:
+            return {"matchLabels": {**name, LWS_INDEX: "0"}}
+        if not isinstance(get(obj, ("spec", "leaderWorkerTemplate", "leaderTemplate")), dict):
+            return {"matchLabels": name}
+        return {
+            "matchLabels": name,
+            "matchExpressions": [{"key": LWS_INDEX, "operator": "NotIn", "values": ["0"]}],
+        }
+
+    return selector
+
+
+def _lws_workers(obj: dict, _node: dict) -> int:
+    lwt = get(obj, ("spec", "leaderWorkerTemplate")) or {}
+    size = _int(lwt.get("size"), 1)
+    per_group = size - 1 if isinstance(lwt.get("leaderTemplate"), dict) else size
+    return _int(get(obj, ("spec", "replicas")), 1) * max(per_group, 0)
+
+
+def _ray_replicas(_obj: dict, node: dict) -> int:
+    if "rayStartParams" in node and "groupName" not in node:  # head group
+        return 1
+    count = _int(node.get("replicas"), _int(node.get("minReplicas"), 1))
+    return count * max(_int(node.get("numOfHosts"), 1), 1)
+
+
+def _ray_groups(base: Path) -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
+    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+        head = get(obj, (*base, "headGroupSpec"))
+        if isinstance(head, dict) and isinstance(head.get("template"), dict):
+            yield "headgroup", (*base, "headGroupSpec", "template"), head
+        yield from _list((*base, "workerGroupSpecs"), ("template",), "groupName")(obj)
+
+    return each
+
+
+KUBEFLOW_ROLES = {"master": "master", "chief": "chief", "launcher": "launcher", "ps": "ps"}
+
+# ----------------------------------------------------------------------------- the table
+
+_DEPLOYMENT_LIKE = TemplateSet(
+    each=_single(("spec", "template")),
+    replicas=lambda obj, _n: _int(get(obj, ("spec", "replicas")), 1),
+    selector=_match(_selector_labels),
+)
+
+
+def _kubeflow_kind(kind: str, field_name: str) -> Kind:
+    return Kind(
+        "kubeflow.org",
+        kind,
+        "training",
+        (
+            TemplateSet(
+                each=_mapping(("spec", field_name)),
+                replicas=lambda _o, node: _int(node.get("replicas"), 1),
+                selector=_match(_kubeflow),
+                role=lambda name: KUBEFLOW_ROLES.get(name.lower(), ""),
+            ),
+        ),
+    )
+
+
+_KINDS: list[Kind] = [
+    Kind("", "Pod", "training", ()),  # Pods are matched to their group by POD_GROUP_LABELS
+    Kind("apps", "Deployment", "serving", (_DEPLOYMENT_LIKE,)),
+    Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,)),
+    Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,)),
+    Kind(
+        "batch",
+        "Job",
+        "training",
+        (
+            TemplateSet(
+                each=_single(("spec", "template")),
+                replicas=lambda obj, _n: _int(get(obj, ("spec", "parallelism")), 1),
+                selector=_match(lambda obj, _g, _n: {"batch.kubernetes.io/job-name": _name(obj)}),
+            ),
+        ),
+    ),
+    Kind(
+        "batch",
+        "CronJob",
+        "training",
+        (
+            TemplateSet(
+                each=_single(("spec", "jobTemplate", "spec", "template")),
+                replicas=lambda obj, _n: _int(get(obj, ("spec", "jobTemplate", "spec", "parallelism")), 1),
+                selector=_group_label(lambda obj: f"cronjob-{_name(obj)}-"),
+                add_group_label=True,
+            ),
+        ),
+    ),
+    _kubeflow_kind("PyTorchJob", "pytorchReplicaSpecs"),
+    _kubeflow_kind("TFJob", "tfReplicaSpecs"),
+    _kubeflow_kind("MPIJob", "mpiReplicaSpecs"),
+    _kubeflow_kind("XGBoostJob", "xgbReplicaSpecs"),
+    Kind(
+        "trainer.kubeflow.org",
+        "TrainJob",
+        "training",
+        (),
+        note="TrainJob {name}: its pods come from the training runtime, so spreadguard places them "
+        "when the runtime's JobSet creates them (Pod backstop, group jobset.sigs.k8s.io/jobset-name={name})",
+    ),
+    Kind(
+        "jobset.x-k8s.io",
+        "JobSet",
+        "training",
+        (
+            TemplateSet(
+                each=_list(("spec", "replicatedJobs"), ("template", "spec", "template")),
+                replicas=lambda _o, node: (
+                    _int(node.get("replicas"), 1) * _int(get(node, ("template", "spec", "parallelism")), 1)
+                ),
+                selector=_match(
+                    lambda obj, group, _n: {
+                        "jobset.sigs.k8s.io/jobset-name": _name(obj),
+                        "jobset.sigs.k8s.io/replicatedjob-name": group,
+                    }
+                ),
+            ),
+        ),
+    ),
+    Kind(
+        "leaderworkerset.x-k8s.io",
+        "LeaderWorkerSet",
+        "serving",
+        (
+            TemplateSet(
+                each=_single(("spec", "leaderWorkerTemplate", "leaderTemplate"), "leader"),
+                replicas=lambda obj, _n: _int(get(obj, ("spec", "replicas")), 1),
+                selector=_lws_selector(leader=True),
+                role=lambda _n: "leader",
+            ),
+            TemplateSet(
+                each=_single(("spec", "leaderWorkerTemplate", "workerTemplate"), "worker"),
+                replicas=_lws_workers,
+                selector=_lws_selector(leader=False),
+            ),
+        ),
+    ),
+    Kind(
+        "ray.io",
+        "RayCluster",
+        "training",
+        (
+            TemplateSet(
+                each=_ray_groups(("spec",)),
+                replicas=_ray_replicas,
+                selector=_match(lambda obj, group, _n: {"ray.io/cluster": _name(obj), "ray.io/group": group}),
+                role=lambda name: "head" if name == "headgroup" else "",
+            ),
+        ),
+    ),
+    Kind(
+        "ray.io",
+        "RayJob",
+        "training",
+        (
+            TemplateSet(  # the RayCluster's name gets a random suffix: label the groups ourselves
+                each=_ray_groups(("spec", "rayClusterSpec")),
+                replicas=_ray_replicas,
+                selector=_group_label(lambda obj: f"rayjob-{_name(obj)}-"),
+                add_group_label=True,
+                role=lambda name: "head" if name == "headgroup" else "",
+            ),
+        ),
+    ),
+    Kind(
+        "batch.volcano.sh",
+        "Job",
+        "training",
+        (
+            TemplateSet(
+                each=_list(("spec", "tasks"), ("template",)),
+                replicas=lambda _o, node: _int(node.get("replicas"), 1),
+                selector=_match(
+                    lambda obj, group, _n: {"volcano.sh/job-name": _name(obj), "volcano.sh/task-spec": group}
+                ),
+                role=lambda name: KUBEFLOW_ROLES.get(name.lower(), ""),
+            ),
+        ),
+    ),
+]
+
+KINDS: dict[tuple[str, str], Kind] = {(k.group, k.kind): k for k in _KINDS}
+
+# How a Pod on its own is matched to its group: the first row whose label keys the Pod carries.
+# (keys that identify the group, role label or None)
+POD_GROUP_LABELS: list[tuple[tuple[str, ...], str | None]] = [
+    (
+        ("training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"),
+        "training.kubeflow.org/replica-type",
+    ),
+    (("jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"), None),
+    (("ray.io/cluster", "ray.io/group"), "ray.io/group"),
+    (("volcano.sh/job-name", "volcano.sh/task-spec"), "volcano.sh/task-spec"),
+    ((GROUP_LABEL,), None),
+    (("batch.kubernetes.io/job-name",), None),
+]
+# Pods of these owners are grouped by their labels minus the per-pod / per-revision ones.
+POD_OWNER_KINDS = {"ReplicaSet", "StatefulSet"}
+POD_VOLATILE_LABELS = {
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+}
+POD_SKIP_OWNER_KINDS = {"DaemonSet", "Node"}  # per-node by design: never spread or judged as groups
+
+TRAINING_GROUPS = {g for g, _ in KINDS if g not in ("", "apps", "batch")}
+
+# ------------------------------------------------------------------------------ public API
+
+
+def kind_of(obj: dict) -> Kind | None:
+    """The table entry for ``obj`` (by API group and kind), or None for kinds we do not know."""
+    api_version = obj.get("apiVersion")
+    kind = obj.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return None
+    group = api_version.split("/", 1)[0] if "/" in api_version else ""
+    return KINDS.get((group, kind))
+
+
+def _lws_pod_group(labels: dict[str, str]) -> Group:
+    """An LWS pod: leader (index 0) or worker. Pods do not say whether a leaderTemplate exists,
+    so workers are matched as "not the leader"; a worker template used for leaders too is
+    matched by its name alone on the workload."""
+    leader = labels.get(LWS_INDEX) == "0"
+    obj = {"metadata": {"name": labels[LWS_NAME]}, "spec": {"leaderWorkerTemplate": {"leaderTemplate": {}}}}
+    return Group(
+        "leader" if leader else "worker",
+        (),
+        None,
+        _lws_selector(leader)(obj, "", {}),
+        role="leader" if leader else "",
+    )
+
+
+def pod_group(pod: dict) -> Group | None:
+    """The group a Pod belongs to, from its labels and ownerReferences; None for a lone Pod."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
+    if any(o.get("kind") in POD_SKIP_OWNER_KINDS for o in owners):
+        return None
+    path: Path = ()
+    if LWS_NAME in labels and LWS_INDEX in labels:
+        return _lws_pod_group(labels)
+    for keys, role_key in POD_GROUP_LABELS:
+        if all(k in labels for k in keys):
+            match = {k: labels[k] for k in keys}
+            name = labels[role_key] if role_key else labels[keys[-1]]
+            role = KUBEFLOW_ROLES.get(name.lower(), "") if role_key else ""
+            if role_key == "ray.io/group" and name == "headgroup":
+                role = "head"
+            return Group(str(name), path, None, {"matchLabels": match}, role=role)
+    if any(o.get("kind") in POD_OWNER_KINDS and o.get("controller") for o in owners):
+        match = {k: v for k, v in labels.items() if k not in POD_VOLATILE_LABELS}
+        if match:
+            return Group("pods", path, None, {"matchLabels": match})
+    return None
+
+
+def groups_of(obj: dict) -> list[Group]:
+    """Every replica group of ``obj``: templates of a workload, or the Pod's own group."""
+    kind = kind_of(obj)
+    if kind is None:
+        return []
+    if kind.kind == "Pod" and kind.group == "":
+        group = pod_group(obj)
+        return [group] if group else [Group("pod", (), 1, {})]
+    out: list[Group] = []
+    for tset in kind.templates:
+        for name, path, node in tset.each(obj):
+            selector = tset.selector(obj, name, node)
+            out.append(
+                Group(
+                    name=name,
+                    path=path,
+                    replicas=tset.replicas(obj, node),
+                    selector=selector,
+                    add_labels=dict(selector.get("matchLabels", {})) if tset.add_group_label else {},
+                    role=tset.role(name),
+                )
+            )
+    return out
+
+
+def pod_template(obj: dict, group: Group) -> dict:
+    """The pod template (``{"metadata":..., "spec":...}``) of ``group`` inside ``obj``."""
+    return obj if not group.path else get(obj, group.path) or {}
+
+
+def workload_class(obj: dict, kind: Kind, templates: list[dict]) -> str:
+    """``training`` or ``serving``: the label ``spreadguard.io/workload`` wins, else the kind's default."""
+    for labels in [(obj.get("metadata") or {}).get("labels") or {}] + [
+        (t.get("metadata") or {}).get("labels") or {} for t in templates
+    ]:
+        value = labels.get(WORKLOAD_LABEL)
+        if value in ("training", "serving"):
+            return value
+    if kind.kind == "Pod" and kind.group == "":
+        owners = {o.get("kind") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+        if owners & POD_OWNER_KINDS:
+            return "serving"
+    return kind.workload_class
+
+
+def is_training_crd(kind: Kind) -> bool:
+    return kind.group in TRAINING_GROUPS
