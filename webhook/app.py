@@ -125,7 +125,11 @@ def _fail_open(uid: str, exc: BaseException) -> dict:
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
-        "response": {"uid": uid, "allowed": True, "warnings": [f"spreadguard internal error, request allowed: {reason}"]},
+        "response": {
+            "uid": uid,
+            "allowed": True,
+            "warnings": [f"spreadguard internal error, request allowed: {reason}"],
+        },
     }
 
 
@@ -185,8 +189,12 @@ def create_app(policies_dir: str | Path) -> Flask:
         # 404, 405 (keeping its Allow header), a 413 raised anywhere (always 400 here), ...
         if isinstance(exc, RequestEntityTooLarge):
             return _too_large()
+        detail = f"{request.method} {request.path}"
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:
+            detail += f" (allowed: {', '.join(sorted(allowed))})"
         response = exc.get_response()
-        response.set_data(json.dumps({"error": one_line(f"{exc.code} {exc.name}: {exc.description}")}))
+        response.set_data(json.dumps({"error": one_line(f"{exc.code} {exc.name}: {detail}")}, separators=(",", ":")))
         response.mimetype = "application/json"
         return response
 

@@ -431,7 +431,7 @@ def _result(action: str, paths: dict[str, Path], cert: x509.Certificate) -> Cert
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _one_line(exc: BaseException) -> str:

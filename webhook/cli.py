@@ -23,7 +23,11 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 def _cmd_certs_generate(args: argparse.Namespace) -> int:
     from webhook import certs
 
-    result = certs.ensure_certs(args.out, dns=args.dns, ips=args.ip, days=args.days, force=args.force)
+    try:
+        result = certs.ensure_certs(args.out, dns=args.dns, ips=args.ip, days=args.days, force=args.force)
+    except certs.CertError as exc:
+        print(f"spreadguard: error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"{result.action}: {result.ca_path}, {result.cert_path}, {result.key_path} "
         f"(serving certificate valid until {result.not_after:%Y-%m-%d})",

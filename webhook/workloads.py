@@ -76,9 +76,13 @@ def get(obj: Any, path: Path, default: Any = None) -> Any:
 
 
 def format_path(path: Path) -> str:
+    """``spec.a[0].b``; keys holding dots or slashes go in brackets: ``nodeSelector[kubernetes.io/hostname]``."""
     out = ""
     for step in path:
-        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+        if isinstance(step, int) or "." in step or "/" in step:
+            out += f"[{step}]"
+        else:
+            out += f".{step}" if out else step
     return out
 
 
@@ -438,6 +442,9 @@ def groups_of(obj: dict) -> list[Group]:
     if kind is None:
         return []
     if kind.kind == "Pod" and kind.group == "":
+        owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+        if any(isinstance(o, dict) and o.get("kind") in POD_SKIP_OWNER_KINDS for o in owners):
+            return []  # DaemonSet and static pods run per node by design
         group = pod_group(obj)
         return [group] if group else [Group("pod", (), 1, {})]
     out: list[Group] = []

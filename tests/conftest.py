@@ -1,0 +1,174 @@
+"""Shared fixtures: development certificates, a real spreadguard server over TLS, the captured fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES_DIR = REPO / "policies"
+FIXTURES_DIR = REPO.parent / "shared" / "fixtures" / "admission"
+READY_TIMEOUT = 30.0
+
+
+def admission_fixture_files() -> list[Path]:
+    """The captured AdmissionReview requests (``*-mutate.json`` / ``*-validate.json``), sorted."""
+    if not FIXTURES_DIR.is_dir():
+        return []
+    return sorted(p for p in FIXTURES_DIR.glob("*.json") if p.name.endswith(("-mutate.json", "-validate.json")))
+
+
+def endpoint_of(path: Path) -> str:
+    """``/mutate`` or ``/validate``, from the fixture's file name."""
+    return "/mutate" if path.name.endswith("-mutate.json") else "/validate"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize any test taking ``admission_fixture`` over every captured request."""
+    if "admission_fixture" in metafunc.fixturenames:
+        files = admission_fixture_files()
+        params = files or [pytest.param(None, marks=pytest.mark.skip(reason=f"no fixtures in {FIXTURES_DIR}"))]
+        metafunc.parametrize("admission_fixture", params, ids=[p.name for p in files] or ["none"])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spreadguard(*args: str) -> list[str]:
+    """The command line running the ``spreadguard`` CLI with this interpreter."""
+    return [sys.executable, "-m", "webhook.cli", *args]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Development certificates made by ``spreadguard certs generate``."""
+
+    dir: Path
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class Server:
+    """A running ``spreadguard serve``; ``session`` trusts its CA."""
+
+    url: str
+    ca: Path
+    port: int
+    log: Path
+    process: subprocess.Popen
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def post(self, path: str, body: bytes | dict | list | str, **kwargs: Any) -> requests.Response:
+        """POST ``body`` (bytes as is, anything else as JSON) to ``path``."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return self.session.post(self.url + path, data=data, headers=headers, timeout=kwargs.pop("timeout", 30),
+                                 **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.session.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A CA and a serving certificate for localhost/127.0.0.1, made with the real CLI."""
+    out = tmp_path_factory.mktemp("certs")
+    done = subprocess.run(spreadguard("certs", "generate", "--out", str(out)), cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"certs generate failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    files = TLSFiles(dir=out, ca=out / "ca.crt", cert=out / "tls.crt", key=out / "tls.key")
+    for path in (files.ca, files.cert, files.key):
+        assert path.is_file(), f"certs generate did not write {path}"
+    return files
+
+
+def stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, wait, then SIGKILL if it is still there."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def start_server(tls: TLSFiles, policies: Path, log: Path, *extra: str) -> Server:
+    """Start ``spreadguard serve`` on a free port and wait until ``/readyz`` answers 200 (or fail)."""
+    last = ""
+    for _attempt in range(3):  # another process may grab the free port before gunicorn binds it
+        port = free_port()
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                spreadguard("serve", "--policies", str(policies), "--tls-cert", str(tls.cert), "--tls-key",
+                            str(tls.key), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4", *extra),
+                cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        server = Server(url=f"https://127.0.0.1:{port}", ca=tls.ca, port=port, log=log, process=process)
+        server.session.verify = str(tls.ca)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            try:
+                if server.get("/readyz", timeout=2).status_code == 200:
+                    return server
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.1)
+        stop(process)
+        server.session.close()
+        text = server.log_text()
+        if "in use" not in text:
+            break
+    pytest.fail(f"spreadguard serve did not become ready within {READY_TIMEOUT:.0f} s "
+                f"(exit code {process.returncode}; last error: {last or 'none'}); its log:\n{text}")
+
+
+@pytest.fixture(scope="session")
+def server(tls_files: TLSFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server (gunicorn, TLS, 2 workers x 4 threads) serving ``<repo>/policies`` on 127.0.0.1."""
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    srv = start_server(tls_files, POLICIES_DIR, log)
+    try:
+        yield srv
+    finally:
+        srv.session.close()
+        stop(srv.process)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``../shared/fixtures/admission``: AdmissionReview requests captured from a real kube-apiserver."""
+    if not FIXTURES_DIR.is_dir():
+        pytest.skip(f"no admission fixtures at {FIXTURES_DIR}")
+    return FIXTURES_DIR
