@@ -18,8 +18,8 @@ A case file holds a list of cases::
 from __future__ import annotations
 
 import difflib
-import re
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,9 @@ def _subset_problems(want: Any, got: Any, path: str) -> list[str]:
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
             return [f"{path}: expected {json.dumps(want)}, got {json.dumps(got)}"]
-        return [p for i, (w, g) in enumerate(zip(want, got, strict=True)) for p in _subset_problems(w, g, f"{path}[{i}]")]
+        return [
+            p for i, (w, g) in enumerate(zip(want, got, strict=True)) for p in _subset_problems(w, g, f"{path}[{i}]")
+        ]
     if want != got:
         return [f"{path}: expected {json.dumps(want)}, got {json.dumps(got)}"]
     return []
@@ -145,15 +147,30 @@ def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseR
     return CaseResult(file, name, not problems, problems, diff, decision)
 
 
+class CaseError(Exception):
+    """A case file that cannot be read; the message names the file (and line)."""
+
+
 def load_cases(directory: str | Path) -> list[tuple[Path, dict]]:
     """Every case of every ``*.yaml`` in ``directory`` (recursively), as (file, case)."""
     root = Path(directory)
+    if not root.exists():
+        raise CaseError(f"{root}: no such file or directory")
     files = [root] if root.is_file() else sorted(root.rglob("*.yaml"))
     out = []
     for path in files:
-        docs = yaml.safe_load(path.read_text()) or []
+        try:
+            docs = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark else 1
+            raise CaseError(f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CaseError(f"{path}: cannot read: {exc}") from None
         if isinstance(docs, dict):
             docs = docs.get("cases") or []
+        if not isinstance(docs, list):
+            raise CaseError(f"{path}:1: expected a list of cases")
         out.extend((path, case) for case in docs if isinstance(case, dict))
     return out
 

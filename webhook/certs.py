@@ -142,8 +142,10 @@ def verify_chain(ca_path: str | Path, cert_path: str | Path) -> None:
     now = _now()
     for path, c in ((ca_path, ca), (cert_path, cert)):
         if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-            raise CertError(f"{path} is not valid now (valid {c.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-                            f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)")
+            raise CertError(
+                f"{path} is not valid now (valid {c.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
+            )
 
 
 # --- input checks -------------------------------------------------------------------------------------------------
@@ -201,8 +203,12 @@ def _parse_ip(value: str) -> IPAddr | None:
 def _load_existing(paths: dict[str, Path]) -> _Existing:
     found = _Existing()
     corrupt: list[str] = []
-    for name, loader in ((CA_CERT, x509.load_pem_x509_certificate), (TLS_CERT, x509.load_pem_x509_certificate),
-                         (CA_KEY, _load_key), (TLS_KEY, _load_key)):
+    for name, loader in (
+        (CA_CERT, x509.load_pem_x509_certificate),
+        (TLS_CERT, x509.load_pem_x509_certificate),
+        (CA_KEY, _load_key),
+        (TLS_KEY, _load_key),
+    ):
         data = _read(paths[name])
         if data is None:
             continue
@@ -295,10 +301,12 @@ def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
 
 
 def _make_ca(key: ec.EllipticCurvePrivateKey, now: dt.datetime, days: int) -> x509.Certificate:
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spreadguard"),
-        x509.NameAttribute(NameOID.COMMON_NAME, CA_CN),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spreadguard"),
+            x509.NameAttribute(NameOID.COMMON_NAME, CA_CN),
+        ]
+    )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     return (
         x509.CertificateBuilder()
@@ -311,8 +319,15 @@ def _make_ca(key: ec.EllipticCurvePrivateKey, now: dt.datetime, days: int) -> x5
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -352,8 +367,15 @@ def _make_serving(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -389,8 +411,9 @@ def _write(path: Path, data: bytes, secret: bool) -> None:
     """Atomically replace ``path``; secrets are created with mode 0600 from the start."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     0o600 if secret else 0o644)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600 if secret else 0o644
+        )
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

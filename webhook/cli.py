@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from webhook import __version__
 
@@ -49,6 +50,143 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         log_level=args.log_level,
     )
+
+
+def _load_policies_or_exit(directory: str) -> list | None:
+    from webhook.policy import PolicyError, load_policies
+
+    try:
+        return load_policies(directory)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _read_manifests(path: str) -> list[dict]:
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    out: list[dict] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            out.extend(i for i in doc["items"] if isinstance(i, dict))
+        elif isinstance(doc, dict):
+            out.append(doc)
+        else:
+            raise ValueError(f"{path}: a document is a {type(doc).__name__}, not a Kubernetes object")
+    return out
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from webhook.engine import evaluate
+    from webhook.target import Context
+
+    policies = _load_policies_or_exit(args.policies)
+    if policies is None:
+        return 2
+    try:
+        objects = _read_manifests(args.filename)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"spreadguard: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    denied = False
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        ctx = Context(
+            operation=args.operation,
+            namespace=args.namespace or meta.get("namespace") or "",
+            username=args.user,
+            groups=tuple(args.group),
+        )
+        decision = evaluate(obj, ctx, policies)
+        denied |= not decision.allowed
+        name = f"{obj.get('kind', '?')} {meta.get('namespace', '')}/{meta.get('name', meta.get('generateName', '?'))}"
+        verdict = "allowed" if decision.allowed else "DENIED"
+        print(f"# {name}: {verdict}; policies: {', '.join(decision.policies) or 'none matched'}", file=sys.stderr)
+        for v in decision.violations:
+            print(f"#   deny  {v.text()}", file=sys.stderr)
+        for w in decision.warnings:
+            print(f"#   warn  {w}", file=sys.stderr)
+        for n in decision.notes:
+            print(f"#   add   {n}", file=sys.stderr)
+        if args.output == "patch":
+            print(json.dumps(decision.patch, indent=2))
+        elif args.output == "json":
+            print(json.dumps(decision.mutated, indent=2))
+        elif args.output == "yaml":
+            print("---")
+            print(yaml.safe_dump(decision.mutated, sort_keys=False), end="")
+    return 1 if denied else 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    import json
+
+    from webhook.casefile import CaseError, run_cases
+
+    policies = _load_policies_or_exit(args.policies)
+    if policies is None:
+        return 2
+    try:
+        results = run_cases(args.cases or str(Path(args.policies) / "tests"), policies)
+    except CaseError as exc:
+        print(f"spreadguard: error: {exc}", file=sys.stderr)
+        return 2
+    failed = [r for r in results if not r.passed]
+    if args.output == "json":
+        print(
+            json.dumps(
+                {
+                    "results": [
+                        {"file": r.file, "name": r.name, "passed": r.passed, "problems": r.problems} for r in results
+                    ],
+                    "summary": {"passed": len(results) - len(failed), "failed": len(failed)},
+                },
+                indent=2,
+            )
+        )
+    else:
+        width = max((len(r.name) for r in results), default=10)
+        for r in results:
+            print(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {Path(r.file).name}")
+            for problem in r.problems:
+                print(f"      - {problem}")
+            if r.diff:
+                print("\n".join(f"      {line}" for line in r.diff.splitlines()))
+        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if not results:
+        print("spreadguard: error: no test cases found", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+def _cmd_policies_check(args: argparse.Namespace) -> int:
+    policies = _load_policies_or_exit(args.directory)
+    if policies is None:
+        return 1
+    for p in policies:
+        print(f"ok  {p.name}  (mode {p.spec.mode})")
+    return 0
+
+
+def _cmd_policies_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from webhook.policy import schema
+
+    text = json.dumps(schema(), indent=2) + "\n"
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+        print(f"wrote {args.write}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +243,75 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--threads", type=int, default=8, help="threads per worker (default: 8)")
     serve_p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve_p.set_defaults(func=_cmd_serve)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="show what spreadguard adds to and decides about manifests (offline)",
+        description="Run the engine over manifest files exactly as the webhook would on CREATE, print the "
+        "decision on stderr and the mutated objects (or the JSON patch) on stdout. Exit code: 0 allowed, "
+        "1 denied, 2 bad input.",
+        epilog="examples:\n  spreadguard evaluate -f examples/pytorchjob.yaml\n"
+        "  kubectl kustomize overlays/prod | spreadguard evaluate -f - -o patch",
+        formatter_class=_formatter,
+    )
+    ev.add_argument("-f", "--filename", required=True, help="YAML/JSON file (multi-document, List) or - for stdin")
+    ev.add_argument("--policies", default="policies/", help="policy directory (default: policies/)")
+    ev.add_argument(
+        "-o",
+        "--output",
+        choices=["yaml", "json", "patch", "none"],
+        default="yaml",
+        help="what to print on stdout (default: yaml, the mutated objects)",
+    )
+    ev.add_argument("--operation", default="CREATE", choices=["CREATE", "UPDATE"], help="as which operation")
+    ev.add_argument("-n", "--namespace", default="", help="namespace, when the manifest has none")
+    ev.add_argument("--user", default="", help="request user (for exemptions)")
+    ev.add_argument("--group", action="append", default=[], help="request group (repeatable)")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    test_p = sub.add_parser(
+        "test",
+        help="run the policy test cases",
+        description="Run policy test cases (an input manifest and its expected effect, as YAML) against the "
+        "policies; print a pass/fail table with the problems and a diff for failures. Exit code: 0 all pass, "
+        "1 a case failed, 2 bad input.",
+        epilog="examples:\n  spreadguard test                       # policies/ and policies/tests/\n"
+        "  spreadguard test --policies my-policies/ my-policies/tests/ -o json",
+        formatter_class=_formatter,
+    )
+    test_p.add_argument("cases", nargs="?", help="case file or directory (default: POLICIES/tests)")
+    test_p.add_argument("--policies", default="policies/", help="policy directory (default: policies/)")
+    test_p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    test_p.set_defaults(func=_cmd_test)
+
+    pol = sub.add_parser(
+        "policies",
+        help="check policy files, print their JSON Schema",
+        description="Work with policy files.",
+        epilog="examples:\n  spreadguard policies check policies/\n"
+        "  spreadguard policies schema --write policies/schema.json",
+        formatter_class=_formatter,
+    )
+    pol_sub = pol.add_subparsers(dest="policies_command", metavar="ACTION")
+    chk = pol_sub.add_parser(
+        "check",
+        help="validate a policy directory",
+        description="Validate every policy file; print every problem as FILE:LINE: FIELD: MESSAGE. "
+        "Exit code: 0 valid, 1 problems found.",
+        epilog="example:\n  spreadguard policies check policies/",
+        formatter_class=_formatter,
+    )
+    chk.add_argument("directory", nargs="?", default="policies/", help="policy directory (default: policies/)")
+    chk.set_defaults(func=_cmd_policies_check)
+    sch = pol_sub.add_parser(
+        "schema",
+        help="print the policy JSON Schema",
+        description="Print the JSON Schema of HAPolicy files (generated from the policy model).",
+        epilog="example:\n  spreadguard policies schema --write policies/schema.json",
+        formatter_class=_formatter,
+    )
+    sch.add_argument("--write", metavar="FILE", help="write to FILE instead of stdout")
+    sch.set_defaults(func=_cmd_policies_schema)
     return parser
 
 
@@ -113,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         # a group command without its action: show that group's help
-        target = {"certs": "certs"}.get(getattr(args, "command", None) or "")
+        target = getattr(args, "command", None) or ""
         parser.parse_args([target, "--help"] if target else ["--help"])
         return 2
     try:

@@ -161,16 +161,18 @@ def gunicorn_options(
 
 def _configure_logging(log_level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-                                           "%Y-%m-%d %H:%M:%S %z"))
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S %z")
+    )
     logger = logging.getLogger("spreadguard")
     logger.handlers[:] = [handler]
     logger.setLevel(log_level.upper())
     logger.propagate = False
 
 
-def _prepare(policies: str, tls_cert: str, tls_key: str, bind: str, workers: int, threads: int,
-             log_level: str) -> Callable:
+def _prepare(
+    policies: str, tls_cert: str, tls_key: str, bind: str, workers: int, threads: int, log_level: str
+) -> Callable:
     try:
         parse_bind(bind)
     except ValueError as exc:
