@@ -134,6 +134,9 @@ def start_server(tls: TLSFiles, policies: Path, log: Path, *extra: str) -> Serve
                 cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         server = Server(url=f"https://127.0.0.1:{port}", ca=tls.ca, port=port, log=log, process=process)
+        # trust_env off: REQUESTS_CA_BUNDLE (set on many machines) would otherwise override session.verify,
+        # and a proxy from the environment must not sit between the tests and 127.0.0.1
+        server.session.trust_env = False
         server.session.verify = str(tls.ca)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:

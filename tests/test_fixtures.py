@@ -47,38 +47,77 @@ def at(obj: dict, path: str) -> dict:
 
 # fixture, pod template path, the selector its pods get (None: no anti-affinity expected)
 TRAINING = [
-    ("100-PyTorchJob-bert-CREATE-mutate.json", "spec/pytorchReplicaSpecs/Worker/template",
-     {"training.kubeflow.org/job-name": "bert", "training.kubeflow.org/replica-type": "worker"}),
+    (
+        "100-PyTorchJob-bert-CREATE-mutate.json",
+        "spec/pytorchReplicaSpecs/Worker/template",
+        {"training.kubeflow.org/job-name": "bert", "training.kubeflow.org/replica-type": "worker"},
+    ),
     ("100-PyTorchJob-bert-CREATE-mutate.json", "spec/pytorchReplicaSpecs/Master/template", None),
-    ("102-PyTorchJob-elastic-gpt-CREATE-mutate.json", "spec/pytorchReplicaSpecs/Worker/template",
-     {"training.kubeflow.org/job-name": "elastic-gpt", "training.kubeflow.org/replica-type": "worker"}),
-    ("104-TFJob-resnet-CREATE-mutate.json", "spec/tfReplicaSpecs/Worker/template",
-     {"training.kubeflow.org/job-name": "resnet", "training.kubeflow.org/replica-type": "worker"}),
-    ("104-TFJob-resnet-CREATE-mutate.json", "spec/tfReplicaSpecs/PS/template",
-     {"training.kubeflow.org/job-name": "resnet", "training.kubeflow.org/replica-type": "ps"}),
+    (
+        "102-PyTorchJob-elastic-gpt-CREATE-mutate.json",
+        "spec/pytorchReplicaSpecs/Worker/template",
+        {"training.kubeflow.org/job-name": "elastic-gpt", "training.kubeflow.org/replica-type": "worker"},
+    ),
+    (
+        "104-TFJob-resnet-CREATE-mutate.json",
+        "spec/tfReplicaSpecs/Worker/template",
+        {"training.kubeflow.org/job-name": "resnet", "training.kubeflow.org/replica-type": "worker"},
+    ),
+    (
+        "104-TFJob-resnet-CREATE-mutate.json",
+        "spec/tfReplicaSpecs/PS/template",
+        {"training.kubeflow.org/job-name": "resnet", "training.kubeflow.org/replica-type": "ps"},
+    ),
     ("104-TFJob-resnet-CREATE-mutate.json", "spec/tfReplicaSpecs/Chief/template", None),
-    ("106-MPIJob-allreduce-CREATE-mutate.json", "spec/mpiReplicaSpecs/Worker/template",
-     {"training.kubeflow.org/job-name": "allreduce", "training.kubeflow.org/replica-type": "worker"}),
+    (
+        "106-MPIJob-allreduce-CREATE-mutate.json",
+        "spec/mpiReplicaSpecs/Worker/template",
+        {"training.kubeflow.org/job-name": "allreduce", "training.kubeflow.org/replica-type": "worker"},
+    ),
     ("106-MPIJob-allreduce-CREATE-mutate.json", "spec/mpiReplicaSpecs/Launcher/template", None),
-    ("108-XGBoostJob-xgb-CREATE-mutate.json", "spec/xgbReplicaSpecs/Worker/template",
-     {"training.kubeflow.org/job-name": "xgb", "training.kubeflow.org/replica-type": "worker"}),
-    ("110-JobSet-pretrain-CREATE-mutate.json", "spec/replicatedJobs/0/template/spec/template",
-     {"jobset.sigs.k8s.io/jobset-name": "pretrain", "jobset.sigs.k8s.io/replicatedjob-name": "workers"}),
-    ("112-JobSet-excl-CREATE-mutate.json", "spec/replicatedJobs/0/template/spec/template",
-     {"jobset.sigs.k8s.io/jobset-name": "excl", "jobset.sigs.k8s.io/replicatedjob-name": "slice"}),
-    ("116-RayCluster-rl-CREATE-mutate.json", "spec/workerGroupSpecs/0/template",
-     {"ray.io/cluster": "rl", "ray.io/group": "gpu-workers"}),
+    (
+        "108-XGBoostJob-xgb-CREATE-mutate.json",
+        "spec/xgbReplicaSpecs/Worker/template",
+        {"training.kubeflow.org/job-name": "xgb", "training.kubeflow.org/replica-type": "worker"},
+    ),
+    (
+        "110-JobSet-pretrain-CREATE-mutate.json",
+        "spec/replicatedJobs/0/template/spec/template",
+        {"jobset.sigs.k8s.io/jobset-name": "pretrain", "jobset.sigs.k8s.io/replicatedjob-name": "workers"},
+    ),
+    (
+        "112-JobSet-excl-CREATE-mutate.json",
+        "spec/replicatedJobs/0/template/spec/template",
+        {"jobset.sigs.k8s.io/jobset-name": "excl", "jobset.sigs.k8s.io/replicatedjob-name": "slice"},
+    ),
+    (
+        "116-RayCluster-rl-CREATE-mutate.json",
+        "spec/workerGroupSpecs/0/template",
+        {"ray.io/cluster": "rl", "ray.io/group": "gpu-workers"},
+    ),
     ("116-RayCluster-rl-CREATE-mutate.json", "spec/headGroupSpec/template", None),
-    ("118-RayJob-tune-CREATE-mutate.json", "spec/rayClusterSpec/workerGroupSpecs/0/template",
-     {"spreadguard.io/group": "rayjob-tune-gpu-workers"}),
-    ("122-Job-mpi-train-CREATE-mutate.json", "spec/tasks/1/template",
-     {"volcano.sh/job-name": "mpi-train", "volcano.sh/task-spec": "worker"}),
+    (
+        "118-RayJob-tune-CREATE-mutate.json",
+        "spec/rayClusterSpec/workerGroupSpecs/0/template",
+        {"spreadguard.io/group": "rayjob-tune-gpu-workers"},
+    ),
+    (
+        "122-Job-mpi-train-CREATE-mutate.json",
+        "spec/tasks/1/template",
+        {"volcano.sh/job-name": "mpi-train", "volcano.sh/task-spec": "worker"},
+    ),
     ("122-Job-mpi-train-CREATE-mutate.json", "spec/tasks/0/template", None),
     # Pods from operators, matched to their group by labels (the backstop)
-    ("128-Pod-bert-worker-0-CREATE-mutate.json", "",
-     {"training.kubeflow.org/job-name": "bert", "training.kubeflow.org/replica-type": "worker"}),
-    ("130-Pod-pretrain-workers-0-1-CREATE-mutate.json", "",
-     {"jobset.sigs.k8s.io/jobset-name": "pretrain", "jobset.sigs.k8s.io/replicatedjob-name": "workers"}),
+    (
+        "128-Pod-bert-worker-0-CREATE-mutate.json",
+        "",
+        {"training.kubeflow.org/job-name": "bert", "training.kubeflow.org/replica-type": "worker"},
+    ),
+    (
+        "130-Pod-pretrain-workers-0-1-CREATE-mutate.json",
+        "",
+        {"jobset.sigs.k8s.io/jobset-name": "pretrain", "jobset.sigs.k8s.io/replicatedjob-name": "workers"},
+    ),
     ("132-Pod-rl-gpu-workers-abcde-CREATE-mutate.json", "", {"ray.io/cluster": "rl", "ray.io/group": "gpu-workers"}),
 ]
 
@@ -113,15 +152,28 @@ def test_trainjob_is_left_to_the_pod_backstop_and_says_so() -> None:
     assert any("jobset.sigs.k8s.io/jobset-name=llm-ft" in w for w in resp["warnings"])
 
 
-@pytest.mark.parametrize("name", ["001-Deployment-CREATE-mutate.json", "005-Pod-CREATE-mutate.json",
-                                  "011-StatefulSet-CREATE-mutate.json", "043-ReplicaSet-CREATE-mutate.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "001-Deployment-CREATE-mutate.json",
+        "005-Pod-CREATE-mutate.json",
+        "011-StatefulSet-CREATE-mutate.json",
+        "043-ReplicaSet-CREATE-mutate.json",
+    ],
+)
 def test_cpu_web_workloads_are_untouched(name: str) -> None:
     _, resp, _ = mutate(name)
     assert resp["allowed"] is True and "patch" not in resp and "warnings" not in resp
 
 
-@pytest.mark.parametrize("name", ["124-PyTorchJob-bert-UPDATE-mutate.json", "126-RayCluster-rl-UPDATE-dryrun-mutate.json",
-                                  "033-Deployment-UPDATE-mutate.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "124-PyTorchJob-bert-UPDATE-mutate.json",
+        "126-RayCluster-rl-UPDATE-dryrun-mutate.json",
+        "033-Deployment-UPDATE-mutate.json",
+    ],
+)
 def test_update_that_leaves_templates_alone_adds_nothing(name: str) -> None:
     """A label change on an existing workload must not rewrite (possibly immutable) templates."""
     req, resp, _ = mutate(name)
@@ -135,7 +187,9 @@ def test_dry_run_request_gets_the_same_mutation() -> None:
     assert body["request"]["dryRun"] is True
     real = json.loads(json.dumps(body))
     real["request"]["dryRun"] = False
-    assert review(body, POLICIES, "mutate")["response"]["patch"] == review(real, POLICIES, "mutate")["response"]["patch"]
+    assert (
+        review(body, POLICIES, "mutate")["response"]["patch"] == review(real, POLICIES, "mutate")["response"]["patch"]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*-validate.json")))

@@ -253,6 +253,7 @@ def _handshake(port: int, context: ssl.SSLContext) -> str:
             return tls.version() or ""
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_tls_1_1_is_refused(server: Server) -> None:
     context = client_context(server.ca)
     context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer what old clients offer
@@ -272,6 +273,7 @@ def test_tls_1_1_is_refused(server: Server) -> None:
     pytest.fail(f"the server accepted a {version} handshake")
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_ssl_context_hook_sets_tls_1_2_minimum_and_is_cached(tls_files: TLSFiles, tmp_path: Path) -> None:
     from webhook import serve
 
