@@ -22,10 +22,12 @@ from webhook.policy import Policy, load_policies
 log = logging.getLogger("spreadguard.app")
 
 EXTENSION = "spreadguard"
-ENDPOINTS = ("mutate", "validate")
 # An oversized body is read and thrown away (in chunks) up to this many bytes so the client gets the 400
 # on a healthy connection instead of a reset while it is still sending; beyond it the connection is dropped.
 DISCARD_LIMIT = 4 * admission.MAX_BODY_BYTES
+# Flask's MAX_CONTENT_LENGTH. One byte over the limit: werkzeug 3 silently truncates a chunked body at
+# MAX_CONTENT_LENGTH instead of raising 413, so reading limit + 1 bytes is how an oversized one shows.
+READ_CAP = admission.MAX_BODY_BYTES + 1
 _CHUNK = 64 * 1024
 _MAX_ERROR_CHARS = 500
 _MAX_WARNING_CHARS = 240
@@ -92,19 +94,26 @@ def _too_large(size: int | None = None) -> Response:
     return _error(f"{what} exceeds the limit of {admission.MAX_BODY_BYTES} bytes")
 
 
-def _read_body() -> bytes | Response:
+def _read_body(endpoint: str) -> bytes | Response:
     """The raw body, or a 400 response when it is larger than ``admission.MAX_BODY_BYTES``."""
     declared = request.content_length
     if declared is not None and declared > admission.MAX_BODY_BYTES:
+        log.info("/%s: rejected a body of %d bytes from %s", endpoint, declared, request.remote_addr)
         if declared <= DISCARD_LIMIT:
             _discard_body()
         return _too_large(declared)
     try:
-        # MAX_CONTENT_LENGTH caps what get_data reads even without a Content-Length (chunked bodies)
-        return request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        _discard_body(admission.MAX_BODY_BYTES)
+        # reads at most MAX_CONTENT_LENGTH (the limit + 1) bytes, also for chunked bodies
+        data = request.get_data(cache=False)
+        over = len(data) > admission.MAX_BODY_BYTES
+    except RequestEntityTooLarge:  # in case a later werkzeug raises instead of truncating
+        data, over = b"", True
+    if over:
+        log.info("/%s: rejected a chunked body over %d bytes from %s", endpoint, admission.MAX_BODY_BYTES,
+                 request.remote_addr)
+        _discard_body(max(len(data), admission.MAX_BODY_BYTES))
         return _too_large()
+    return data
 
 
 def _uid_of(body: dict | None, raw: bytes) -> str | None:
@@ -134,7 +143,7 @@ def _fail_open(uid: str, exc: BaseException) -> dict:
 
 
 def _handle(app: Flask, endpoint: str) -> Response:
-    raw = _read_body()
+    raw = _read_body(endpoint)
     if isinstance(raw, Response):
         return raw
     if not raw.strip():
@@ -142,7 +151,7 @@ def _handle(app: Flask, endpoint: str) -> Response:
     body: dict | None = None
     try:
         body = admission.parse_review(raw)
-        result = admission.review(body, list(get_state(app).policies), endpoint)
+        return _json(admission.review(body, list(get_state(app).policies), endpoint))
     except admission.AdmissionError as exc:
         log.info("/%s: rejected malformed AdmissionReview from %s: %s", endpoint, request.remote_addr, one_line(exc))
         return _error(str(exc) or "malformed AdmissionReview")
@@ -152,7 +161,6 @@ def _handle(app: Flask, endpoint: str) -> Response:
         if uid is None:
             return _error(f"spreadguard internal error and no request uid: {type(exc).__name__}: {exc}")
         return _json(_fail_open(uid, exc))
-    return _json(result)
 
 
 def create_app(policies_dir: str | Path) -> Flask:
@@ -162,7 +170,7 @@ def create_app(policies_dir: str | Path) -> Flask:
     directory does not load, so a broken policy set never serves.
     """
     app = Flask("spreadguard")
-    app.config["MAX_CONTENT_LENGTH"] = admission.MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = READ_CAP
     set_state(app, load_state(policies_dir))
 
     @app.post("/mutate")

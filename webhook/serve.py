@@ -102,16 +102,24 @@ def ssl_context(conf: Any, default_ssl_context_factory: Callable[[], ssl.SSLCont
 
 def check_tls_files(tls_cert: str, tls_key: str) -> None:
     """Load the pair once now, so a bad file fails the start and not the first handshake."""
-    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+    for flag, path, marker, what in (("--tls-cert", tls_cert, b"-----BEGIN CERTIFICATE-----", "certificate"),
+                                     ("--tls-key", tls_key, b"PRIVATE KEY-----", "private key")):
         if not os.path.isfile(path):
             raise ServeError(f"{flag} {path}: no such file (make one with: spreadguard certs generate --out certs/)")
-        if not os.access(path, os.R_OK):
-            raise ServeError(f"{flag} {path}: not readable")
+        try:
+            with open(path, "rb") as handle:
+                pem = handle.read()
+        except OSError as exc:
+            raise ServeError(f"{flag} {path}: cannot read: {exc.strerror or exc}") from None
+        if marker not in pem:
+            raise ServeError(f"{flag} {path}: no PEM {what} in this file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(certfile=tls_cert, keyfile=tls_key)
     except (ssl.SSLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+        reason = getattr(exc, "reason", None) or " ".join(str(exc).split())
+        if reason == "KEY_VALUES_MISMATCH":
+            reason = "the key does not belong to the certificate"
         raise ServeError(f"cannot use TLS certificate {tls_cert} with key {tls_key}: {reason}") from None
 
 
