@@ -17,7 +17,8 @@ from webhook.target import Context
 
 API_VERSION = "admission.k8s.io/v1"
 MAX_BODY_BYTES = 3 * 1024 * 1024
-MAX_WARNINGS = 20  # the API server caps the total size of warnings; keep the important ones
+MAX_WARNINGS = 20
+MAX_AUDIT_CHARS = 8192  # the API server caps the total size of warnings; keep the important ones
 ENDPOINTS = ("mutate", "validate")
 
 
@@ -96,6 +97,24 @@ def _cap(warnings: list[str]) -> list[str]:
     return warnings[: MAX_WARNINGS - 1] + [f"spreadguard: {len(warnings) - MAX_WARNINGS + 1} more warnings not shown"]
 
 
+def audit_annotations(decision: Decision, endpoint: str) -> dict[str, str]:
+    """Keys for the API server's audit log (it prefixes them with the webhook's name)."""
+    audit: dict[str, str] = {}
+    if decision.policies:
+        audit["policies"] = ",".join(decision.policies)
+    if decision.violations:
+        audit["violations"] = ",".join(sorted({v.rule for v in decision.violations}))
+    if decision.advisories:
+        audit["warnings"] = ",".join(sorted({v.rule for v in decision.advisories}))
+    if decision.exemptions:
+        audit["exemptions"] = "; ".join(decision.exemptions)[:MAX_AUDIT_CHARS]
+    if endpoint == "mutate" and decision.dryrun_patch:
+        text = json.dumps(decision.dryrun_patch, separators=(",", ":"))
+        cut = MAX_AUDIT_CHARS - len("...(truncated)")
+        audit["dryrun-patch"] = text if len(text) <= MAX_AUDIT_CHARS else text[:cut] + "...(truncated)"
+    return audit
+
+
 def respond(req: dict[str, Any], decision: Decision, endpoint: str) -> dict[str, Any]:
     """The AdmissionReview response for ``decision`` on ``endpoint`` (mutate or validate)."""
     response: dict[str, Any] = {"uid": req["uid"], "allowed": True}
@@ -108,6 +127,7 @@ def respond(req: dict[str, Any], decision: Decision, endpoint: str) -> dict[str,
         warnings += [f"spreadguard {w}" for w in decision.dryrun + decision.info]
     else:
         warnings += [f"spreadguard: {v.text()}" for v in decision.advisories]
+        warnings += [f"spreadguard: exemption {e}" for e in decision.exemptions]
         if decision.violations:
             response["allowed"] = False
             response["status"] = {
@@ -117,13 +137,7 @@ def respond(req: dict[str, Any], decision: Decision, endpoint: str) -> dict[str,
             }
     if warnings:
         response["warnings"] = _cap(warnings)
-    audit = {}
-    if decision.policies:
-        audit["policies"] = ",".join(decision.policies)
-    if decision.violations:
-        audit["violations"] = ",".join(sorted({v.rule for v in decision.violations}))
-    if decision.advisories:
-        audit["warnings"] = ",".join(sorted({v.rule for v in decision.advisories}))
+    audit = audit_annotations(decision, endpoint)
     if audit:
         response["auditAnnotations"] = audit
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}

@@ -17,10 +17,10 @@ from typing import Any
 
 import jsonpatch
 
-from webhook import podspec, workloads
-from webhook.mutators import MUTATORS
-from webhook.policy import Facts, Policy, matches
-from webhook.rules import RULES
+from webhook import exemptions, podspec, workloads
+from webhook.mutators import MUTATOR_IDS, MUTATORS
+from webhook.policy import Facts, Policy, effective_mode, matches
+from webhook.rules import EXEMPTION_RULES, RULE_IDS, RULES
 from webhook.target import Context, Finding, Target
 from webhook.workloads import Group, Kind
 
@@ -52,6 +52,8 @@ class Decision:
     dryrun: list[str] = field(default_factory=list)  # what dryrun policies would add
     info: list[str] = field(default_factory=list)  # how the kind is handled, when it is special
     policies: list[str] = field(default_factory=list)  # names of the policies that matched
+    exemptions: list[str] = field(default_factory=list)  # exemptions granted, with who and why
+    dryrun_patch: list[dict[str, Any]] = field(default_factory=list)  # what dryrun policies would add
     mutated: dict | None = None  # the object after the patch
 
     @property
@@ -105,7 +107,9 @@ def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resou
     )
 
 
-def _targets(obj: dict, kind: Kind, groups: list[Group], facts: Facts, policy: Policy, ctx: Context) -> list[Target]:
+def _targets(
+    obj: dict, kind: Kind, groups: list[Group], facts: Facts, policy: Policy, ctx: Context, exempt: frozenset[str]
+) -> list[Target]:
     out = []
     for g in groups:
         template = workloads.pod_template(obj, g)
@@ -123,6 +127,7 @@ def _targets(obj: dict, kind: Kind, groups: list[Group], facts: Facts, policy: P
                 policy_name=policy.name,
                 policy=policy.spec,
                 context=ctx,
+                exempt=exempt,
             )
         )
     return out
@@ -132,23 +137,67 @@ def _mutate(targets: list[Target]) -> list[str]:
     notes = []
     for t in targets:
         for mutator in MUTATORS:
+            if mutator.ID in t.exempt:
+                continue
             note = mutator.mutate(t)
             if note:
                 notes.append(f"{mutator.ID}: {note}")
     return notes
 
 
+def _action(policy: Policy, rule_id: str, default: str) -> str:
+    cfg = policy.spec.rules.get(rule_id)
+    return cfg.action if cfg else default
+
+
 def _check(targets: list[Target], policy: Policy) -> list[tuple[str, str, Target, Finding]]:
     """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped."""
     out = []
     for rule_id, rule in RULES.items():
-        cfg = policy.spec.rules.get(rule_id)
-        action = cfg.action if cfg else rule.DEFAULT_ACTION
+        action = _action(policy, rule_id, rule.DEFAULT_ACTION)
         if action == "off":
             continue
         for t in targets:
-            out.extend((rule_id, action, t, f) for f in rule.check(t))
+            if rule_id not in t.exempt:
+                out.extend((rule_id, action, t, f) for f in rule.check(t))
     return out
+
+
+@dataclass
+class _Run:
+    """Findings of every policy, keyed by (rule, path): a denying one wins over a warning."""
+
+    findings: dict[tuple[str, str], tuple[bool, Violation]] = field(default_factory=dict)
+
+    def add(self, rule_id: str, policy: str, path: str, message: str, denies: bool) -> None:
+        key = (rule_id, path)
+        if key not in self.findings or (denies and not self.findings[key][0]):
+            self.findings[key] = (denies, Violation(rule_id, policy, path, message))
+
+
+def _exemption(obj: dict, policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision) -> frozenset[str]:
+    """The ids this object is exempted from under ``policy``; records grants and refusals."""
+    req = exemptions.requested(obj)
+    if req is None:
+        return frozenset()
+    unknown = sorted(req.ids - set(RULE_IDS) - set(MUTATOR_IDS))
+    if unknown:
+        decision.info.append(
+            f"{exemptions.EXEMPT} names unknown id(s) {', '.join(unknown)}; known: {', '.join(RULE_IDS + MUTATOR_IDS)}"
+        )
+    verdict = exemptions.authorize(req, policy, ctx, obj)
+    if verdict.granted:
+        decision.exemptions.append(
+            f"{policy.name}: {','.join(sorted(req.ids))} granted to {verdict.how}"
+            + (f" (reason: {req.reason})" if req.reason else "")
+        )
+        return req.ids
+    for rule_id, rule in EXEMPTION_RULES.items():
+        action = _action(policy, rule_id, rule.DEFAULT_ACTION)
+        if action != "off" and rule.applies(set(req.ids)):
+            msg = exemptions.message(req, verdict, policy)
+            run.add(rule_id, policy.name, exemptions.PATH, msg, mode == "enforce" and action == "deny")
+    return frozenset()
 
 
 def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Decision:
@@ -169,32 +218,34 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
     mutated = copy.deepcopy(obj)
     groups = workloads.groups_of(mutated)
     touched = [g for g in groups if _touched(g, obj, ctx)]
-    findings: dict[tuple[str, str], tuple[bool, Violation]] = {}
+    run = _Run()
 
     for policy in sorted(policies, key=lambda p: p.name):
         facts = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
         if not matches(policy, facts):
             continue
-        decision.policies.append(policy.name)
-        mode = policy.spec.mode
+        mode = effective_mode(policy, namespace, ctx.namespace_labels)
+        decision.policies.append(policy.name if mode == policy.spec.mode else f"{policy.name} ({mode})")
+        exempt = _exemption(obj, policy, ctx, mode, run, decision)
         if mode == "dryrun":
             scratch = copy.deepcopy(mutated)
-            would = _mutate(
-                _targets(scratch, kind, [g for g in workloads.groups_of(scratch) if g in touched], facts, policy, ctx)
-            )
+            would = _mutate(_targets(scratch, kind, groups_in(scratch, touched), facts, policy, ctx, exempt))
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
+            decision.dryrun_patch.extend(jsonpatch.make_patch(mutated, scratch).patch)
         else:
-            decision.notes.extend(_mutate(_targets(mutated, kind, touched, facts, policy, ctx)))
-        for rule_id, action, target, finding in _check(_targets(mutated, kind, groups, facts, policy, ctx), policy):
-            v = Violation(rule_id, policy.name, finding.path, finding.message)
+            decision.notes.extend(_mutate(_targets(mutated, kind, touched, facts, policy, ctx, exempt)))
+        for rule_id, action, target, f in _check(_targets(mutated, kind, groups, facts, policy, ctx, exempt), policy):
             denies = mode == "enforce" and action == "deny" and target.group in touched
-            key = (rule_id, finding.path)
-            if key not in findings or (denies and not findings[key][0]):
-                findings[key] = (denies, v)
+            run.add(rule_id, policy.name, f.path, f.message, denies)
 
-    for denies, v in findings.values():
+    for denies, v in run.findings.values():
         (decision.violations if denies else decision.advisories).append(v)
     decision.allowed = not decision.violations
     decision.patch = jsonpatch.make_patch(obj, mutated).patch if mutated != obj else []
     decision.mutated = mutated
     return decision
+
+
+def groups_in(obj: dict, wanted: list[Group]) -> list[Group]:
+    """The groups of ``obj`` (a copy) that are among ``wanted``."""
+    return [g for g in workloads.groups_of(obj) if g in wanted]

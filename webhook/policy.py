@@ -21,6 +21,7 @@ API_VERSION = "spreadguard.io/v1alpha1"
 POLICY_KIND = "HAPolicy"
 Mode = Literal["enforce", "warn", "dryrun"]
 MODE_STRICTNESS = {"dryrun": 0, "warn": 1, "enforce": 2}
+MODE_LABEL = "spreadguard.io/mode"
 
 
 class _Strict(BaseModel):
@@ -97,12 +98,33 @@ class RuleConfig(_Strict):
 
 
 class Exemptions(_Strict):
-    allowedGroups: list[str] = Field(default_factory=list)
-    allowedUsers: list[str] = Field(default_factory=list)
+    """Who may skip rules or mutations with the annotation ``spreadguard.io/exempt: "<id>[,<id>...]"``."""
+
+    allowedGroups: list[str] = Field(default_factory=list, description="Request groups that may grant exemptions.")
+    allowedUsers: list[str] = Field(default_factory=list, description="Request users that may grant exemptions.")
+    controllers: list[str] = Field(
+        default_factory=lambda: ["system:serviceaccount:kube-system:*"],
+        description="Username globs of controllers whose objects (with a controller ownerReference) inherit an "
+        "exemption carried by their pod template; add your operators, e.g. system:serviceaccount:kubeflow:*.",
+    )
+    requireReason: bool = Field(True, description="An exemption needs spreadguard.io/exempt-reason.")
+
+
+class NamespaceMode(_Strict):
+    namespaces: list[str] = Field(description="Namespace globs.")
+    mode: Mode
 
 
 class PolicySpec(_Strict):
     mode: Mode = "enforce"
+    namespaceModes: list[NamespaceMode] = Field(
+        default_factory=list, description="Mode for these namespaces instead of spec.mode (first match wins)."
+    )
+    allowNamespaceOverride: bool = Field(
+        False,
+        description="Let the namespace label spreadguard.io/mode loosen this policy; otherwise the label can "
+        "only make it stricter.",
+    )
     match: MatchBlock = Field(default_factory=MatchBlock)
     exclude: MatchBlock = Field(default_factory=MatchBlock)
     gpuResources: list[str] = Field(default_factory=lambda: ["nvidia.com/gpu", "amd.com/gpu"])
@@ -113,11 +135,11 @@ class PolicySpec(_Strict):
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, value: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
-        from webhook.rules import RULES
+        from webhook.rules import RULE_IDS
 
-        unknown = sorted(set(value) - set(RULES))
+        unknown = sorted(set(value) - set(RULE_IDS))
         if unknown:
-            raise ValueError(f"unknown rule id {unknown[0]!r}; known: {', '.join(sorted(RULES))}")
+            raise ValueError(f"unknown rule id {unknown[0]!r}; known: {', '.join(sorted(RULE_IDS))}")
         return value
 
 
@@ -320,6 +342,21 @@ def _selector_holds(sel: Selector, facts: Facts) -> bool:
         if not any(labelsel.matches(selector, labels) for labels in facts.labels):
             return False
     return True
+
+
+def effective_mode(policy: Policy, namespace: str, namespace_labels: dict[str, str]) -> str:
+    """The policy's mode in ``namespace``: its own namespaceModes first; then the namespace label
+    ``spreadguard.io/mode``, which only makes the policy stricter unless allowNamespaceOverride."""
+    spec = policy.spec
+    for entry in spec.namespaceModes:
+        if any(fnmatch.fnmatchcase(namespace, pat) for pat in entry.namespaces):
+            return entry.mode
+    label = namespace_labels.get(MODE_LABEL)
+    if label not in MODE_STRICTNESS:
+        return spec.mode
+    if spec.allowNamespaceOverride:
+        return label
+    return max(spec.mode, label, key=MODE_STRICTNESS.__getitem__)
 
 
 def matches(policy: Policy, facts: Facts) -> bool:

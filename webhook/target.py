@@ -37,6 +37,7 @@ class Target:
     policy_name: str
     policy: PolicySpec
     context: Context
+    exempt: frozenset[str] = frozenset()  # rule and mutator ids this object is exempted from
 
     @property
     def spec(self) -> dict:

@@ -1,6 +1,20 @@
-"""Validation rules by stable id. Each module has ``ID``, ``DEFAULT_ACTION`` ("deny" or "warn")
-and ``check(target) -> list[Finding]``; the message says what, why it matters and the fix."""
+"""Validation rules by stable id.
 
-from webhook.rules import foreign_team_toleration, self_colocation, single_node_pinning, wildcard_toleration
+Template rules (``RULES``): ``ID``, ``DEFAULT_ACTION`` ("deny" or "warn") and
+``check(target) -> list[Finding]``, run on every pod template of a matching object. Exemption rules
+(``EXEMPTION_RULES``) judge the ``spreadguard.io/exempt`` annotation itself (webhook/exemptions.py).
+Every message says what, why it matters and the fix.
+"""
+
+from webhook.rules import (
+    anti_affinity_disabled,
+    exemption_unauthorized,
+    foreign_team_toleration,
+    self_colocation,
+    single_node_pinning,
+    wildcard_toleration,
+)
 
 RULES = {m.ID: m for m in (single_node_pinning, self_colocation, foreign_team_toleration, wildcard_toleration)}
+EXEMPTION_RULES = {m.ID: m for m in (anti_affinity_disabled, exemption_unauthorized)}
+RULE_IDS = sorted([*RULES, *EXEMPTION_RULES])
