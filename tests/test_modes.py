@@ -7,7 +7,6 @@ import base64
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
