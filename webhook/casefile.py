@@ -6,12 +6,14 @@ A case file holds a list of cases::
     - name: pytorchjob workers get hostname anti-affinity
       resource: examples/pytorchjob.yaml      # a path (relative to the repo/case file) or an inline object
       request: {operation: CREATE, username: alice, groups: [ml-team]}   # optional
+      # request.nodes: [{name, labels, taints, allocatable, unschedulable}] gives a cluster view
       expect:
         allowed: true                          # or false
         violations: [single-node-pinning]      # rule ids that deny (exactly these, any order)
         warnings: [foreign-team-toleration]    # rule ids that only warn (exactly these)
         object: {...}                          # deep subset the mutated object must contain
         absent: [spec.x.y]                     # dotted paths that must not exist after mutation
+        notes: ["instead of required"]         # fragments of what the mutation notes say
         patch: empty                           # "empty": nothing is added
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 import yaml
 
 from webhook.engine import Decision, evaluate
+from webhook.placement import ClusterView, classify, node_from_api
 from webhook.policy import Policy
 from webhook.target import Context
 
@@ -89,6 +92,20 @@ def _split(dotted: str) -> list[str | int]:
 _TOKEN = re.compile(r"([^.\[\]]+)|\[([^\]]+)\]")
 
 
+def _cluster(nodes: list[dict]) -> ClusterView:
+    """A synced cluster view from ``request.nodes``: ``{name, labels, taints, allocatable, unschedulable}``."""
+    infos = [
+        node_from_api({
+            "metadata": {"name": n.get("name", f"node-{i}"), "labels": {
+                "kubernetes.io/hostname": n.get("name", f"node-{i}"), **(n.get("labels") or {})}},
+            "spec": {"taints": n.get("taints") or [], "unschedulable": bool(n.get("unschedulable"))},
+            "status": {"allocatable": n.get("allocatable") or {}},
+        })
+        for i, n in enumerate(nodes)
+    ]
+    return ClusterView(synced=True, classes=classify(infos))
+
+
 def load_resource(spec: Any, base: Path) -> dict:
     if isinstance(spec, dict):
         return spec
@@ -115,6 +132,7 @@ def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseR
         groups=tuple(req.get("groups") or ()),
         namespace_labels=req.get("namespaceLabels") or {},
         old_object=load_resource(req["oldObject"], base) if req.get("oldObject") else None,
+        cluster=_cluster(req["nodes"]) if "nodes" in req else None,
     )
     decision = evaluate(obj, ctx, policies)
     expect = case.get("expect") or {}
@@ -126,10 +144,12 @@ def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseR
             want, got = sorted(expect[key] or []), sorted(v.rule for v in found)
             if want != got:
                 problems.append(f"{key}: expected {want}, got {got}")
-    for key in ("messages",):
-        for fragment in expect.get(key) or []:
-            if not any(fragment in v.text() for v in decision.violations + decision.advisories):
-                problems.append(f"no violation message contains {fragment!r}")
+    for fragment in expect.get("messages") or []:
+        if not any(fragment in v.text() for v in decision.violations + decision.advisories):
+            problems.append(f"no violation message contains {fragment!r}")
+    for fragment in expect.get("notes") or []:
+        if not any(fragment in n for n in decision.notes + decision.info + decision.dryrun):
+            problems.append(f"no note contains {fragment!r}")
     mutated = decision.mutated if decision.mutated is not None else obj
     if "object" in expect:
         problems += _subset_problems(expect["object"], mutated, "")

@@ -12,7 +12,7 @@ would add and reject is reported as warnings and audit annotations.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonpatch
@@ -215,10 +215,18 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
         name = (obj.get("metadata") or {}).get("name") or ""
         decision.info.append(kind.note.format(name=name))
 
+    view = ctx.cluster
+    if view is not None:
+        if not ctx.namespace_labels and namespace in view.namespaces:
+            ctx = replace(ctx, namespace_labels=view.namespaces[namespace])
+        if not view.synced:
+            decision.info.append(f"cluster view not synced ({view.error or 'starting'}): decided from the spec alone")
+
     mutated = copy.deepcopy(obj)
     groups = workloads.groups_of(mutated)
     touched = [g for g in groups if _touched(g, obj, ctx)]
     run = _Run()
+    owners: set[str] = set()
 
     for policy in sorted(policies, key=lambda p: p.name):
         facts = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
@@ -233,11 +241,14 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
             decision.dryrun_patch.extend(jsonpatch.make_patch(mutated, scratch).patch)
         else:
-            decision.notes.extend(_mutate(_targets(mutated, kind, touched, facts, policy, ctx, exempt)))
+            targets = _targets(mutated, kind, touched, facts, policy, ctx, exempt)
+            owners |= {t.placement_owner for t in targets if t.placement_owner}
+            decision.notes.extend(_mutate(targets))
         for rule_id, action, target, f in _check(_targets(mutated, kind, groups, facts, policy, ctx, exempt), policy):
             denies = mode == "enforce" and action == "deny" and target.group in touched
             run.add(rule_id, policy.name, f.path, f.message, denies)
 
+    decision.info.extend(f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(owners))
     for denies, v in run.findings.values():
         (decision.violations if denies else decision.advisories).append(v)
     decision.allowed = not decision.violations

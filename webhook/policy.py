@@ -62,6 +62,11 @@ class MatchBlock(_Strict):
 class AntiAffinity(_Strict):
     enabled: bool = True
     mode: Literal["required", "preferred"] = "required"
+    onShortage: Literal["preferred", "deny"] = Field(
+        "preferred",
+        description="When the cluster view shows fewer eligible nodes than replicas: inject preferred "
+        "anti-affinity instead of required (and warn), or deny (rule unschedulable-spread).",
+    )
     weight: int = Field(100, ge=1, le=100, description="Weight of the preferred term.")
     topologyKey: str = "kubernetes.io/hostname"
     minReplicas: int = Field(2, ge=1, description="Groups smaller than this are left alone.")
@@ -87,10 +92,47 @@ class TeamTolerations(_Strict):
     )
 
 
+class GangAffinity(_Strict):
+    """Keep a tightly coupled training gang close: preferred pod affinity of the whole job to one
+    rack/block, while its replicas still spread over hosts."""
+
+    enabled: bool = True
+    topologyKey: str = Field(description="Rack or block label, e.g. cloud.google.com/gce-topology-block.")
+    weight: int = Field(50, ge=1, le=100)
+
+
+class NodeLabelAvoid(_Strict):
+    key: str
+    values: list[str] = Field(min_length=1)
+
+
+class Health(_Strict):
+    """Nodes that GPU health checks flagged."""
+
+    avoidTaints: list[str] = Field(
+        default_factory=list, description="Taint keys never to tolerate (rule health-taint-toleration)."
+    )
+    avoidNodeLabels: list[NodeLabelAvoid] = Field(
+        default_factory=list, description="Node labels to keep away from, with required node affinity NotIn."
+    )
+
+
+class JobFailurePolicy(_Strict):
+    """A Job podFailurePolicy so drains and preemptions do not count as failures."""
+
+    enabled: bool = True
+    deviceFailureExitCodes: list[int] = Field(
+        default_factory=list, description="Exit codes that mean a device failed: retried without counting."
+    )
+
+
 class Mutations(_Strict):
     antiAffinity: AntiAffinity | None = None
     topologySpread: list[SpreadConstraint] = Field(default_factory=list)
     teamTolerations: TeamTolerations | None = None
+    gangAffinity: GangAffinity | None = None
+    health: Health | None = None
+    jobFailurePolicy: JobFailurePolicy | None = None
 
 
 class RuleConfig(_Strict):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.placement import ClusterView
 from webhook.podspec import pod_labels, spec_of
 from webhook.policy import PolicySpec
-from webhook.workloads import Group, Kind, format_path
+from webhook.workloads import PLACEMENT_OWNER_ANNOTATIONS, Group, Kind, format_path
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Context:
     dry_run: bool = False
     namespace_labels: dict[str, str] = field(default_factory=dict)
     old_object: dict | None = None
+    cluster: ClusterView | None = None  # the caches' snapshot; None offline (spec-only decisions)
 
 
 @dataclass
@@ -52,6 +54,16 @@ class Target:
         """Field path below this template, as users read it: ``spec.x.y[0]``."""
         full = (*self.group.path, *steps)
         return format_path(full) if full else "(object)"
+
+    @property
+    def placement_owner(self) -> str:
+        """The annotation by which JobSet or Kueue already decide this group's topology, or ""."""
+        for meta in (self.obj.get("metadata") or {}, self.template.get("metadata") or {}):
+            ann = meta.get("annotations") or {}
+            for key in PLACEMENT_OWNER_ANNOTATIONS:
+                if key in ann:
+                    return f"{key}={ann[key]}"
+        return ""
 
     @property
     def multi(self) -> bool:

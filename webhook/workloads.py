@@ -28,6 +28,8 @@ class Group:
     selector: dict[str, Any]  # LabelSelector matching this group's pods
     add_labels: dict[str, str] = field(default_factory=dict)  # labels spreadguard must add
     role: str = ""  # "head", "launcher", "master", "chief" ... or "" for plain replicas
+    job_path: Path | None = None  # the batch JobSpec holding this template (Job, CronJob, JobSet)
+    gang_selector: dict[str, Any] = field(default_factory=dict)  # every pod of the job, when it is a gang
 
     @property
     def path_str(self) -> str:
@@ -48,6 +50,8 @@ class TemplateSet:
     selector: Callable[[dict, str, dict], dict[str, Any]]
     add_group_label: bool = False  # pod names unknown at admission: spreadguard labels the group
     role: Callable[[str], str] = lambda name: ""
+    job_spec: bool = False  # each template sits directly in a batch JobSpec (``path[:-1]``)
+    gang: Callable[[dict], dict[str, str]] | None = None  # labels of every pod of a training gang
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,10 @@ def _selector_labels(obj: dict, _group: str, _node: dict) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k not in POD_VOLATILE_LABELS}
 
 
+def _kubeflow_gang(obj: dict) -> dict[str, str]:
+    return {"training.kubeflow.org/job-name": _name(obj)}
+
+
 def _kubeflow(obj: dict, rtype: str, _node: dict) -> dict[str, str]:
     return {"training.kubeflow.org/job-name": _name(obj), "training.kubeflow.org/replica-type": rtype.lower()}
 
@@ -228,6 +236,7 @@ def _kubeflow_kind(kind: str, field_name: str) -> Kind:
                 replicas=lambda _o, node: _int(node.get("replicas"), 1),
                 selector=_match(_kubeflow),
                 role=lambda name: KUBEFLOW_ROLES.get(name.lower(), ""),
+                gang=_kubeflow_gang,
             ),
         ),
     )
@@ -247,6 +256,7 @@ _KINDS: list[Kind] = [
                 each=_single(("spec", "template")),
                 replicas=lambda obj, _n: _int(get(obj, ("spec", "parallelism")), 1),
                 selector=_match(lambda obj, _g, _n: {"batch.kubernetes.io/job-name": _name(obj)}),
+                job_spec=True,
             ),
         ),
     ),
@@ -260,6 +270,7 @@ _KINDS: list[Kind] = [
                 replicas=lambda obj, _n: _int(get(obj, ("spec", "jobTemplate", "spec", "parallelism")), 1),
                 selector=_group_label(lambda obj: f"cronjob-{_name(obj)}-"),
                 add_group_label=True,
+                job_spec=True,
             ),
         ),
     ),
@@ -291,6 +302,8 @@ _KINDS: list[Kind] = [
                         "jobset.sigs.k8s.io/replicatedjob-name": group,
                     }
                 ),
+                job_spec=True,
+                gang=lambda obj: {"jobset.sigs.k8s.io/jobset-name": _name(obj)},
             ),
         ),
     ),
@@ -351,6 +364,7 @@ _KINDS: list[Kind] = [
                     lambda obj, group, _n: {"volcano.sh/job-name": _name(obj), "volcano.sh/task-spec": group}
                 ),
                 role=lambda name: KUBEFLOW_ROLES.get(name.lower(), ""),
+                gang=lambda obj: {"volcano.sh/job-name": _name(obj)},
             ),
         ),
     ),
@@ -380,6 +394,13 @@ POD_VOLATILE_LABELS = {
     "apps.kubernetes.io/pod-index",
 }
 POD_SKIP_OWNER_KINDS = {"DaemonSet", "Node"}  # per-node by design: never spread or judged as groups
+
+# Placement already decided by another controller: spreadguard leaves zone/rack placement to it.
+PLACEMENT_OWNER_ANNOTATIONS = (
+    "alpha.jobset.sigs.k8s.io/exclusive-topology",
+    "kueue.x-k8s.io/podset-required-topology",
+    "kueue.x-k8s.io/podset-preferred-topology",
+)
 
 TRAINING_GROUPS = {g for g, _ in KINDS if g not in ("", "apps", "batch")}
 
@@ -459,6 +480,8 @@ def groups_of(obj: dict) -> list[Group]:
                     selector=selector,
                     add_labels=dict(selector.get("matchLabels", {})) if tset.add_group_label else {},
                     role=tset.role(name),
+                    job_path=path[:-1] if tset.job_spec else None,
+                    gang_selector={"matchLabels": tset.gang(obj)} if tset.gang else {},
                 )
             )
     return out

@@ -1,7 +1,25 @@
 """Injectors, applied in this order. Each module has ``ID`` and ``mutate(target) -> str | None``
 (a short note of what it added, None when it added nothing). Each must be idempotent."""
 
-from webhook.mutators import anti_affinity, exemption_inheritance, group_label, team_tolerations, topology_spread
+from webhook.mutators import (
+    anti_affinity,
+    exemption_inheritance,
+    gang_affinity,
+    group_label,
+    health_avoidance,
+    job_failure_policy,
+    team_tolerations,
+    topology_spread,
+)
 
-MUTATORS = [group_label, exemption_inheritance, team_tolerations, anti_affinity, topology_spread]
+MUTATORS = [
+    group_label,
+    exemption_inheritance,
+    team_tolerations,
+    health_avoidance,
+    anti_affinity,
+    topology_spread,
+    gang_affinity,
+    job_failure_policy,
+]
 MUTATOR_IDS = [m.ID for m in MUTATORS]

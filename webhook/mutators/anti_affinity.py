@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from webhook import podspec
+from webhook.placement import shortage
 from webhook.target import Target
 
 ID = "anti-affinity"
@@ -28,11 +29,16 @@ def mutate(t: Target) -> str | None:
     if already_spread(t, cfg.topologyKey):
         return None
     term = {"labelSelector": t.group.selector, "topologyKey": cfg.topologyKey}
+    mode, why = cfg.mode, ""
+    if mode == "required" and cfg.onShortage == "preferred":
+        short = shortage(t)
+        if short:
+            mode, why = "preferred", f" instead of required ({short})"
     anti = t.template.setdefault("spec", {}).setdefault("affinity", {}).setdefault("podAntiAffinity", {})
-    if cfg.mode == "required":
+    if mode == "required":
         anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(term)
     else:
         anti.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
             {"weight": cfg.weight, "podAffinityTerm": term}
         )
-    return f"{t.describe}: {cfg.mode} anti-affinity on {cfg.topologyKey}"
+    return f"{t.describe}: {mode} anti-affinity on {cfg.topologyKey}{why}"

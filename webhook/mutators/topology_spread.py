@@ -10,7 +10,7 @@ ID = "topology-spread"
 
 
 def mutate(t: Target) -> str | None:
-    if not t.group.selector:
+    if not t.group.selector or t.placement_owner:
         return None
     labels = t.labels
     added = []

@@ -10,11 +10,29 @@ from webhook.rules import (
     anti_affinity_disabled,
     exemption_unauthorized,
     foreign_team_toleration,
+    health_taint_toleration,
+    node_local_checkpoint,
+    preemption_disabled,
     self_colocation,
     single_node_pinning,
+    singleton_role,
+    unschedulable_spread,
     wildcard_toleration,
 )
 
-RULES = {m.ID: m for m in (single_node_pinning, self_colocation, foreign_team_toleration, wildcard_toleration)}
+RULES = {
+    m.ID: m
+    for m in (
+        single_node_pinning,
+        self_colocation,
+        foreign_team_toleration,
+        wildcard_toleration,
+        health_taint_toleration,
+        unschedulable_spread,
+        singleton_role,
+        node_local_checkpoint,
+        preemption_disabled,
+    )
+}
 EXEMPTION_RULES = {m.ID: m for m in (anti_affinity_disabled, exemption_unauthorized)}
 RULE_IDS = sorted([*RULES, *EXEMPTION_RULES])
