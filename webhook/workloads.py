@@ -373,17 +373,22 @@ _KINDS: list[Kind] = [
 KINDS: dict[tuple[str, str], Kind] = {(k.group, k.kind): k for k in _KINDS}
 
 # How a Pod on its own is matched to its group: the first row whose label keys the Pod carries.
-# (keys that identify the group, role label or None)
-POD_GROUP_LABELS: list[tuple[tuple[str, ...], str | None]] = [
+# (keys that identify the group, label holding the group's role or None, label naming the whole gang or None)
+POD_GROUP_LABELS: list[tuple[tuple[str, ...], str | None, str | None]] = [
     (
         ("training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"),
         "training.kubeflow.org/replica-type",
+        "training.kubeflow.org/job-name",
     ),
-    (("jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"), None),
-    (("ray.io/cluster", "ray.io/group"), "ray.io/group"),
-    (("volcano.sh/job-name", "volcano.sh/task-spec"), "volcano.sh/task-spec"),
-    ((GROUP_LABEL,), None),
-    (("batch.kubernetes.io/job-name",), None),
+    (
+        ("jobset.sigs.k8s.io/jobset-name", "jobset.sigs.k8s.io/replicatedjob-name"),
+        None,
+        "jobset.sigs.k8s.io/jobset-name",
+    ),
+    (("ray.io/cluster", "ray.io/group"), "ray.io/group", None),
+    (("volcano.sh/job-name", "volcano.sh/task-spec"), "volcano.sh/task-spec", "volcano.sh/job-name"),
+    ((GROUP_LABEL,), None, None),
+    (("batch.kubernetes.io/job-name",), None, None),
 ]
 # Pods of these owners are grouped by their labels minus the per-pod / per-revision ones.
 POD_OWNER_KINDS = {"ReplicaSet", "StatefulSet"}
@@ -442,14 +447,15 @@ def pod_group(pod: dict) -> Group | None:
     path: Path = ()
     if LWS_NAME in labels and LWS_INDEX in labels:
         return _lws_pod_group(labels)
-    for keys, role_key in POD_GROUP_LABELS:
+    for keys, role_key, gang_key in POD_GROUP_LABELS:
         if all(k in labels for k in keys):
             match = {k: labels[k] for k in keys}
             name = labels[role_key] if role_key else labels[keys[-1]]
             role = KUBEFLOW_ROLES.get(name.lower(), "") if role_key else ""
             if role_key == "ray.io/group" and name == "headgroup":
                 role = "head"
-            return Group(str(name), path, None, {"matchLabels": match}, role=role)
+            gang = {"matchLabels": {gang_key: labels[gang_key]}} if gang_key else {}
+            return Group(str(name), path, None, {"matchLabels": match}, role=role, gang_selector=gang)
     if any(o.get("kind") in POD_OWNER_KINDS and o.get("controller") for o in owners):
         match = {k: v for k, v in labels.items() if k not in POD_VOLATILE_LABELS}
         if match:
