@@ -23,6 +23,7 @@ POLICIES = load_policies(REPO / "policies")
 HOST = "kubernetes.io/hostname"
 TEAM_TOLERATION = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}
 REQ = "requiredDuringSchedulingIgnoredDuringExecution"
+PREF = "preferredDuringSchedulingIgnoredDuringExecution"
 
 
 def load(name: str) -> dict:
@@ -132,8 +133,12 @@ def test_training_fixture_mutation(name: str, path: str, selector: dict | None) 
     if selector is None:
         assert "podAntiAffinity" not in spec.get("affinity", {})
         return
-    terms = spec["affinity"]["podAntiAffinity"][REQ]
-    assert terms == [{"labelSelector": {"matchLabels": selector}, "topologyKey": HOST}]
+    anti = spec["affinity"]["podAntiAffinity"]
+    term = {"labelSelector": {"matchLabels": selector}, "topologyKey": HOST}
+    if path:
+        assert anti == {REQ: [term]}
+    else:  # a Pod whose workload was not mutated: its group size is unknown, so preferred, never Pending
+        assert anti == {PREF: [{"weight": 100, "podAffinityTerm": term}]}
     assert "topologySpreadConstraints" not in spec  # training is not scattered across zones
 
 
@@ -142,8 +147,10 @@ def test_controller_pod_with_generate_name_only_is_mutated() -> None:
     req, resp, after = mutate("017-Pod-CREATE-mutate.json")
     assert "name" not in req and after["metadata"]["generateName"] == "train-0-"
     assert req["userInfo"]["username"] == "system:serviceaccount:kube-system:job-controller"
-    terms = after["spec"]["affinity"]["podAntiAffinity"][REQ]
-    assert terms == [{"labelSelector": {"matchLabels": {"batch.kubernetes.io/job-name": "train"}}, "topologyKey": HOST}]
+    terms = after["spec"]["affinity"]["podAntiAffinity"][PREF]
+    term = {"labelSelector": {"matchLabels": {"batch.kubernetes.io/job-name": "train"}}, "topologyKey": HOST}
+    assert terms == [{"weight": 100, "podAffinityTerm": term}]
+    assert any("instead of required (group size unknown at the pod)" in w for w in resp["warnings"])
 
 
 def test_trainjob_is_left_to_the_pod_backstop_and_says_so() -> None:

@@ -30,7 +30,11 @@ def mutate(t: Target) -> str | None:
         return None
     term = {"labelSelector": t.group.selector, "topologyKey": cfg.topologyKey}
     mode, why = cfg.mode, ""
-    if mode == "required" and cfg.onShortage == "preferred":
+    if mode == "required" and t.group.replicas is None:
+        # a Pod whose workload was not mutated (created before spreadguard, or an unlisted controller):
+        # its group size is unknown, so required could leave pods Pending forever
+        mode, why = "preferred", " instead of required (group size unknown at the pod)"
+    elif mode == "required" and cfg.onShortage == "preferred":
         short = shortage(t)
         if short:
             mode, why = "preferred", f" instead of required ({short})"
