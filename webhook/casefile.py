@@ -95,12 +95,16 @@ _TOKEN = re.compile(r"([^.\[\]]+)|\[([^\]]+)\]")
 def _cluster(nodes: list[dict]) -> ClusterView:
     """A synced cluster view from ``request.nodes``: ``{name, labels, taints, allocatable, unschedulable}``."""
     infos = [
-        node_from_api({
-            "metadata": {"name": n.get("name", f"node-{i}"), "labels": {
-                "kubernetes.io/hostname": n.get("name", f"node-{i}"), **(n.get("labels") or {})}},
-            "spec": {"taints": n.get("taints") or [], "unschedulable": bool(n.get("unschedulable"))},
-            "status": {"allocatable": n.get("allocatable") or {}},
-        })
+        node_from_api(
+            {
+                "metadata": {
+                    "name": n.get("name", f"node-{i}"),
+                    "labels": {"kubernetes.io/hostname": n.get("name", f"node-{i}"), **(n.get("labels") or {})},
+                },
+                "spec": {"taints": n.get("taints") or [], "unschedulable": bool(n.get("unschedulable"))},
+                "status": {"allocatable": n.get("allocatable") or {}},
+            }
+        )
         for i, n in enumerate(nodes)
     ]
     return ClusterView(synced=True, classes=classify(infos))
@@ -119,12 +123,21 @@ def load_resource(spec: Any, base: Path) -> dict:
 
 
 def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseResult:
+    """Run one case; a malformed case is a failure that says what is wrong, never an exception."""
     name = str(case.get("name") or "(unnamed)")
     try:
-        obj = load_resource(case.get("resource"), base)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        return CaseResult(file, name, False, [f"resource: {exc}"])
+        return _run_case(case, policies, base, file, name)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError) as exc:
+        return CaseResult(file, name, False, [f"malformed case: {type(exc).__name__}: {exc}"])
+
+
+def _run_case(case: dict, policies: list[Policy], base: Path, file: str, name: str) -> CaseResult:
+    obj = load_resource(case.get("resource"), base)
+    if not isinstance(obj, dict):
+        raise ValueError(f"resource must be one Kubernetes object (a mapping), got {type(obj).__name__}")
     req = case.get("request") or {}
+    if not isinstance(req, dict):
+        raise ValueError("request must be a mapping")
     ctx = Context(
         operation=req.get("operation", "CREATE"),
         namespace=req.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "",
@@ -136,6 +149,8 @@ def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseR
     )
     decision = evaluate(obj, ctx, policies)
     expect = case.get("expect") or {}
+    if not isinstance(expect, dict):
+        raise ValueError("expect must be a mapping")
     problems: list[str] = []
     if "allowed" in expect and expect["allowed"] != decision.allowed:
         problems.append(f"allowed: expected {expect['allowed']}, got {decision.allowed}")

@@ -206,7 +206,7 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
     Unknown kinds, DELETE and CONNECT pass untouched. ``obj`` is never modified.
     """
     ctx = context or Context()
-    decision = Decision()
+    decision = Decision(mutated=obj)
     kind = workloads.kind_of(obj) if isinstance(obj, dict) else None
     if kind is None or ctx.operation not in ACTING_OPERATIONS:
         return decision

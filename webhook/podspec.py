@@ -13,6 +13,20 @@ from webhook import labels as labelsel
 HOSTNAME = "kubernetes.io/hostname"
 
 
+def child(parent: dict, key: str, empty: type[dict] | type[list]) -> Any:
+    """``parent[key]``, created empty when absent or null (null means absent in the API)."""
+    if parent.get(key) is None:
+        parent[key] = empty()
+    return parent[key]
+
+
+def path_to(parent: dict, *keys: str) -> dict:
+    """Nested dicts below ``parent``, created (or replacing null) as needed."""
+    for key in keys:
+        parent = child(parent, key, dict)
+    return parent
+
+
 def spec_of(template: dict) -> dict:
     spec = template.get("spec")
     return spec if isinstance(spec, dict) else {}
@@ -114,11 +128,18 @@ def pod_affinity_terms(spec: dict, kind: str, required: bool) -> list[dict]:
     return out
 
 
-def term_selects(term: dict, labels: dict[str, str]) -> bool:
-    """Whether an affinity term's labelSelector selects pods carrying ``labels``.
+def term_selects(term: dict, labels: dict[str, str], namespace: str | None = None) -> bool:
+    """Whether an affinity term's labelSelector selects pods carrying ``labels`` in the pod's own
+    namespace (``namespaces``/``namespaceSelector`` may point elsewhere).
 
     ``matchLabelKeys`` (the pod's own values for those keys) counts as selecting itself.
     """
+    namespaces = term.get("namespaces") or []
+    ns_selector = term.get("namespaceSelector")
+    if namespaces and (namespace is None or namespace not in namespaces):
+        return False
+    if ns_selector and (ns_selector.get("matchLabels") or ns_selector.get("matchExpressions")):
+        return False  # another set of namespaces (their labels are not known here): not self
     selector = term.get("labelSelector")
     if labelsel.matches(selector, labels):
         return True

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webhook.placement import ClusterView
 from webhook.podspec import pod_labels, spec_of
-from webhook.policy import PolicySpec
 from webhook.workloads import PLACEMENT_OWNER_ANNOTATIONS, Group, Kind, format_path
+
+if TYPE_CHECKING:
+    from webhook.policy import PolicySpec
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class Target:
     @property
     def spec(self) -> dict:
         return spec_of(self.template)
+
+    @property
+    def namespace(self) -> str:
+        return self.context.namespace or (self.obj.get("metadata") or {}).get("namespace") or ""
 
     @property
     def labels(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ def already_spread(t: Target, topology_key: str) -> bool:
     labels = t.labels
     for required in (True, False):
         for term in podspec.pod_affinity_terms(t.spec, "podAntiAffinity", required):
-            if term.get("topologyKey") == topology_key and podspec.term_selects(term, labels):
+            if term.get("topologyKey") == topology_key and podspec.term_selects(term, labels, t.namespace):
                 return True
     return False
 
@@ -38,11 +38,11 @@ def mutate(t: Target) -> str | None:
         short = shortage(t)
         if short:
             mode, why = "preferred", f" instead of required ({short})"
-    anti = t.template.setdefault("spec", {}).setdefault("affinity", {}).setdefault("podAntiAffinity", {})
+    anti = podspec.path_to(t.template, "spec", "affinity", "podAntiAffinity")
     if mode == "required":
-        anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(term)
+        podspec.child(anti, "requiredDuringSchedulingIgnoredDuringExecution", list).append(term)
     else:
-        anti.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+        podspec.child(anti, "preferredDuringSchedulingIgnoredDuringExecution", list).append(
             {"weight": cfg.weight, "podAffinityTerm": term}
         )
     return f"{t.describe}: {mode} anti-affinity on {cfg.topologyKey}{why}"

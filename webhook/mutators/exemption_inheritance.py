@@ -3,6 +3,7 @@ pods its controller creates carry it (and controllers listed in the policy inher
 
 from __future__ import annotations
 
+from webhook import podspec
 from webhook.exemptions import EXEMPT, REASON, requested
 from webhook.target import Target
 
@@ -15,7 +16,7 @@ def mutate(t: Target) -> str | None:
     req = requested(t.obj)
     if req is None:
         return None
-    ann = t.template.setdefault("metadata", {}).setdefault("annotations", {})
+    ann = podspec.path_to(t.template, "metadata", "annotations")
     if EXEMPT in ann:
         return None
     ann[EXEMPT] = req.raw

@@ -18,10 +18,10 @@ def mutate(t: Target) -> str | None:
     labels = t.labels
     for required in (True, False):
         for term in podspec.pod_affinity_terms(t.spec, "podAffinity", required):
-            if term.get("topologyKey") == cfg.topologyKey and podspec.term_selects(term, labels):
+            if term.get("topologyKey") == cfg.topologyKey and podspec.term_selects(term, labels, t.namespace):
                 return None
-    affinity = t.template.setdefault("spec", {}).setdefault("affinity", {}).setdefault("podAffinity", {})
-    affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", []).append(
+    affinity = podspec.path_to(t.template, "spec", "affinity", "podAffinity")
+    podspec.child(affinity, "preferredDuringSchedulingIgnoredDuringExecution", list).append(
         {
             "weight": cfg.weight,
             "podAffinityTerm": {"labelSelector": t.group.gang_selector, "topologyKey": cfg.topologyKey},

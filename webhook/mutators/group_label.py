@@ -3,6 +3,7 @@ admission (RayJob, CronJob), so anti-affinity and spread have something to selec
 
 from __future__ import annotations
 
+from webhook import podspec
 from webhook.target import Target
 
 ID = "group-label"
@@ -11,8 +12,7 @@ ID = "group-label"
 def mutate(t: Target) -> str | None:
     if not t.group.add_labels:
         return None
-    meta = t.template.setdefault("metadata", {})
-    labels = meta.setdefault("labels", {})
+    labels = podspec.path_to(t.template, "metadata", "labels")
     missing = {k: v for k, v in t.group.add_labels.items() if k not in labels}
     if not missing:
         return None

@@ -30,17 +30,14 @@ def mutate(t: Target) -> str | None:
             continue
         expr = {"key": avoid.key, "operator": "NotIn", "values": list(avoid.values)}
         if not terms:
-            required = (
-                t.template.setdefault("spec", {})
-                .setdefault("affinity", {})
-                .setdefault("nodeAffinity", {})
-                .setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+            required = podspec.path_to(
+                t.template, "spec", "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"
             )
-            terms = required.setdefault("nodeSelectorTerms", [])
+            terms = podspec.child(required, "nodeSelectorTerms", list)
             terms.append({"matchExpressions": [expr]})
         else:  # terms are ORed: the expression must hold in each of them
             for term in terms:
                 if not _has(term, avoid.key, avoid.values):
-                    term.setdefault("matchExpressions", []).append(dict(expr, values=list(avoid.values)))
+                    podspec.child(term, "matchExpressions", list).append(dict(expr, values=list(avoid.values)))
         added.append(f"{avoid.key} NotIn {','.join(avoid.values)}")
     return f"{t.describe}: avoids nodes flagged by health checks ({'; '.join(added)})" if added else None

@@ -19,7 +19,7 @@ def mutate(t: Target) -> str | None:
     job = get(t.obj, t.group.job_path)
     if not isinstance(job, dict) or "podFailurePolicy" in job:
         return None
-    rules: list[dict] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+    rules: list[dict] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     if cfg.deviceFailureExitCodes:
         codes = sorted(set(cfg.deviceFailureExitCodes))
         rules.append({"action": "Ignore", "onExitCodes": {"operator": "In", "values": codes}})

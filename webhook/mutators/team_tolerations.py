@@ -27,5 +27,5 @@ def mutate(t: Target) -> str | None:
         note = f"{t.describe}: tolerates team {t.team}'s nodes"
     else:
         return None
-    t.template.setdefault("spec", {}).setdefault("tolerations", []).append(wanted)
+    podspec.child(podspec.path_to(t.template, "spec"), "tolerations", list).append(wanted)
     return note

@@ -18,9 +18,11 @@ def mutate(t: Target) -> str | None:
         if t.group.replicas is not None and t.group.replicas < c.minReplicas:
             continue
         existing = [x for x in t.spec.get("topologySpreadConstraints") or [] if isinstance(x, dict)]
-        if any(x.get("topologyKey") == c.topologyKey and podspec.term_selects(x, labels) for x in existing):
+        if any(
+            x.get("topologyKey") == c.topologyKey and podspec.term_selects(x, labels, t.namespace) for x in existing
+        ):
             continue
-        t.template.setdefault("spec", {}).setdefault("topologySpreadConstraints", []).append(
+        podspec.child(podspec.path_to(t.template, "spec"), "topologySpreadConstraints", list).append(
             {
                 "maxSkew": c.maxSkew,
                 "topologyKey": c.topologyKey,

@@ -16,7 +16,7 @@ def check(t: Target) -> list[Finding]:
     labels = t.labels
     out = []
     for i, term in enumerate(podspec.pod_affinity_terms(t.spec, "podAffinity", required=True)):
-        if term.get("topologyKey") == podspec.HOSTNAME and podspec.term_selects(term, labels):
+        if term.get("topologyKey") == podspec.HOSTNAME and podspec.term_selects(term, labels, t.namespace):
             path = t.path("spec", "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution", i)
             out.append(
                 Finding(
