@@ -175,3 +175,115 @@ def fixtures_dir() -> Path:
     if not FIXTURES_DIR.is_dir():
         pytest.skip(f"no admission fixtures at {FIXTURES_DIR}")
     return FIXTURES_DIR
+
+
+# ------------------------------------------------------------------ dedicated servers, reviews, metrics
+
+
+@pytest.fixture
+def dedicated_server(tmp_path: Path) -> Iterator[Any]:
+    """Start servers of one's own (``start(tls, policies, *extra_args, name=...)``), stopped after the test.
+
+    For tests that change what a server serves (its policy files, its certificate) or count what it did
+    (metrics): the session ``server`` is shared and must stay as it is.
+    """
+    started: list[Server] = []
+
+    def start(tls: TLSFiles, policies: Path, *extra: str, name: str = "serve") -> Server:
+        srv = start_server(tls, policies, tmp_path / f"{name}.log", *extra)
+        started.append(srv)
+        # /readyz answers as soon as one worker serves; tests that count per worker need both (2) up
+        wait_for(
+            lambda: sum(1 for line in json_log_lines(srv.log_text()) if line.get("msg") == "worker ready") >= 2,
+            READY_TIMEOUT,
+            "both workers to be ready",
+            server=srv,
+        )
+        return srv
+
+    try:
+        yield start
+    finally:
+        for srv in started:
+            srv.session.close()
+            stop(srv.process)
+
+
+def admission_review(obj: dict, uid: str, operation: str = "CREATE", namespace: str | None = None,
+                     user: str = "alice") -> dict:
+    """An AdmissionReview (``admission.k8s.io/v1``) request for ``obj``, as the API server would send it."""
+    group, _, version = str(obj.get("apiVersion", "v1")).rpartition("/")
+    meta = obj.get("metadata") or {}
+    ns = namespace if namespace is not None else meta.get("namespace", "default")
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": group, "version": version, "kind": obj.get("kind", "")},
+            "namespace": ns,
+            "name": meta.get("name", ""),
+            "operation": operation,
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+        },
+    }
+
+
+def scrape(srv: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics`` parsed: {(sample name, sorted label pairs): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = srv.get("/metrics")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"].startswith("text/plain"), resp.headers
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    """The value of one sample (0 when the series does not exist)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def metric_sum(samples: dict, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lbls), v in samples.items() if n == name and want <= set(lbls))
+
+
+def json_log_lines(text: str) -> list[dict]:
+    """The JSON objects among a server log's lines (other lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1, server: Server | None = None) -> Any:
+    """Poll ``predicate()`` until it returns something truthy (returned) or fail after ``timeout`` s.
+
+    With ``server``, the failure message ends with the server's log (its last lines other than decisions).
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            tail = ""
+            if server is not None:
+                lines = [line for line in server.log_text().splitlines() if '"spreadguard.admission"' not in line]
+                tail = "\nserver log (without decision lines):\n" + "\n".join(lines[-40:])
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r}){tail}")
+        time.sleep(interval)

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, Server, TLSFiles, endpoint_of, free_port, spreadguard, subprocess_env
 from flask.testing import FlaskClient
 
-from webhook import admission
+from webhook import admission, engine
 from webhook.policy import load_policies
 
 MAX = admission.MAX_BODY_BYTES
@@ -385,7 +385,7 @@ def test_internal_error_with_uid_allows_with_warning(client: FlaskClient, monkey
     def boom(*_args: Any, **_kwargs: Any) -> dict:
         raise RuntimeError("engine exploded\nsecond line")
 
-    monkeypatch.setattr(admission, "review", boom)
+    monkeypatch.setattr(engine, "evaluate", boom)
     resp = client.post("/validate", data=json.dumps(POD_REVIEW))
     assert resp.status_code == 200
     response = assert_review_response(resp.get_json(), POD_REVIEW["request"]["uid"])

@@ -1,27 +1,50 @@
-"""Flask routes: ``POST /mutate``, ``POST /validate``, ``GET /healthz``, ``GET /readyz``.
+"""Flask routes: ``POST /mutate``, ``POST /validate``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 
-The HTTP layer only: size limits, JSON errors, fail-open on internal errors. AdmissionReview handling
-itself is ``webhook.admission``. The loaded policies live in one immutable ``State`` object kept in
-``app.extensions["spreadguard"]``, so a reload swaps them with a single assignment (``set_state``).
+The HTTP layer only: size limits, JSON errors, fail-open on internal errors, and the record of each
+decision (one JSON log line and the metrics of ``webhook.metrics``). AdmissionReview handling itself is
+``webhook.admission`` and ``webhook.engine``. The loaded policies live in one immutable ``State`` object
+kept in ``app.extensions["spreadguard"]``, so a reload (``webhook.reload``) swaps them with a single
+assignment (``set_state``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from webhook import admission
-from webhook.policy import Policy, load_policies
+from webhook import admission, engine, metrics, workloads
+from webhook.logs import DECISIONS
+from webhook.reload import (
+    DEFAULT_INTERVAL_SECONDS,
+    PolicyWatcher,
+    ReloadStatus,
+    State,
+    load_state,
+    reload_once,
+)
+
+__all__ = [
+    "ReloadStatus",
+    "State",
+    "create_app",
+    "get_state",
+    "load_state",
+    "master_before_fork",
+    "set_state",
+    "worker_started",
+]
 
 log = logging.getLogger("spreadguard.app")
+decisions = logging.getLogger(DECISIONS)
 
 EXTENSION = "spreadguard"
+WORKER_READY = "worker ready"  # logged by each worker once it serves (after its first policy check)
 # An oversized body is read and thrown away (in chunks) up to this many bytes so the client gets the 400
 # on a healthy connection instead of a reset while it is still sending; beyond it the connection is dropped.
 DISCARD_LIMIT = 4 * admission.MAX_BODY_BYTES
@@ -33,16 +56,6 @@ _MAX_ERROR_CHARS = 500
 _MAX_WARNING_CHARS = 240
 
 
-@dataclass(frozen=True)
-class State:
-    """What the routes serve from; replaced as a whole, never mutated."""
-
-    policies: tuple[Policy, ...] = ()
-    source: str = ""
-    ready: bool = False
-    names: tuple[str, ...] = ()
-
-
 def get_state(app: Flask) -> State:
     """The app's current state (one attribute read: safe against a concurrent ``set_state``)."""
     return app.extensions[EXTENSION]
@@ -51,12 +64,6 @@ def get_state(app: Flask) -> State:
 def set_state(app: Flask, state: State) -> None:
     """Swap the app's state atomically (a single assignment)."""
     app.extensions[EXTENSION] = state
-
-
-def load_state(policies_dir: str | Path) -> State:
-    """Load the policy directory into a ready ``State``; raises ``PolicyError`` listing every problem."""
-    policies = tuple(load_policies(policies_dir))
-    return State(policies=policies, source=str(policies_dir), ready=True, names=tuple(p.name for p in policies))
 
 
 def one_line(text: object, limit: int = _MAX_ERROR_CHARS) -> str:
@@ -98,7 +105,7 @@ def _read_body(endpoint: str) -> bytes | Response:
     """The raw body, or a 400 response when it is larger than ``admission.MAX_BODY_BYTES``."""
     declared = request.content_length
     if declared is not None and declared > admission.MAX_BODY_BYTES:
-        log.info("/%s: rejected a body of %d bytes from %s", endpoint, declared, request.remote_addr)
+        log.debug("/%s: rejected a body of %d bytes from %s", endpoint, declared, request.remote_addr)
         if declared <= DISCARD_LIMIT:
             _discard_body()
         return _too_large(declared)
@@ -109,8 +116,12 @@ def _read_body(endpoint: str) -> bytes | Response:
     except RequestEntityTooLarge:  # in case a later werkzeug raises instead of truncating
         data, over = b"", True
     if over:
-        log.info("/%s: rejected a chunked body over %d bytes from %s", endpoint, admission.MAX_BODY_BYTES,
-                 request.remote_addr)
+        log.info(
+            "/%s: rejected a chunked body over %d bytes from %s",
+            endpoint,
+            admission.MAX_BODY_BYTES,
+            request.remote_addr,
+        )
         _discard_body(max(len(data), admission.MAX_BODY_BYTES))
         return _too_large()
     return data
@@ -142,36 +153,173 @@ def _fail_open(uid: str, exc: BaseException) -> dict:
     }
 
 
-def _handle(app: Flask, endpoint: str) -> Response:
+_KNOWN_KINDS = frozenset(kind for _group, kind in workloads.KINDS)
+
+
+def _kind_label(kind: str) -> str:
+    """The ``kind`` metric label: a kind spreadguard knows, else ``other`` (label values stay bounded)."""
+    return kind if kind in _KNOWN_KINDS else ("unknown" if not kind else "other")
+
+
+class _Record:
+    """What one admission request did, for its log line and its metrics (filled in as the request goes)."""
+
+    __slots__ = ("endpoint", "started", "req", "decision", "error", "exc")
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.started = time.perf_counter()
+        self.req: dict[str, Any] = {}
+        self.decision: engine.Decision | None = None
+        self.error = ""  # why the request got no decision (400) or failed (internal error)
+        self.exc: BaseException | None = None  # an internal error: logged with its traceback
+
+    def outcome(self) -> str:
+        d = self.decision
+        if d is None:
+            return "error"
+        if self.endpoint == "validate":
+            return "denied" if d.violations else "allowed"
+        return "mutated" if d.patch else "allowed"
+
+    def findings(self) -> list[metrics.Finding]:
+        d = self.decision
+        if d is None or self.endpoint != "validate":  # findings are judged (and counted) on /validate
+            return []
+        return [metrics.Finding(v.rule, v.policy, "deny") for v in d.violations] + [
+            metrics.Finding(v.rule, v.policy, "warn") for v in d.advisories
+        ]
+
+    def finish(self) -> None:
+        seconds = time.perf_counter() - self.started
+        req = self.req
+        kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
+        obj = req.get("object") if isinstance(req.get("object"), dict) else {}
+        kind_name = str(kind.get("kind") or obj.get("kind") or "")
+        operation = req.get("operation") if isinstance(req.get("operation"), str) else ""
+        outcome = self.outcome()
+        try:
+            metrics.observe_admission(
+                self.endpoint, operation, _kind_label(kind_name), outcome, seconds, self.findings()
+            )
+        except Exception:  # metrics must never fail a request
+            log.exception("recording metrics failed")
+        level = logging.ERROR if self.exc is not None else logging.INFO
+        if decisions.isEnabledFor(level):
+            decisions.log(
+                level,
+                "admission %s",
+                outcome,
+                exc_info=self.exc,
+                extra={"fields": self._fields(kind_name, operation, obj, outcome, seconds)},
+            )
+
+    def _fields(self, kind: str, operation: str, obj: dict, outcome: str, seconds: float) -> dict[str, Any]:
+        req, d = self.req, self.decision
+        judged = d if self.endpoint == "validate" else None  # findings are judged on /validate only
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        user = req.get("userInfo") if isinstance(req.get("userInfo"), dict) else {}
+        fields: dict[str, Any] = {
+            "uid": req.get("uid"),
+            "endpoint": self.endpoint,
+            "operation": operation or None,
+            "kind": kind or None,
+            "namespace": req.get("namespace") or meta.get("namespace") or None,
+            "name": req.get("name") or meta.get("name") or meta.get("generateName") or None,
+            "user": user.get("username"),
+            "decision": outcome,
+            "rules": sorted({v.rule for v in judged.violations}) if judged else [],
+            "warnings": sorted({v.rule for v in judged.advisories}) if judged else [],
+            "policies": list(d.policies) if d else [],
+            "patch_ops": len(d.patch) if d and self.endpoint == "mutate" else 0,
+            "dry_run": bool(req.get("dryRun")),
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        if d is not None:
+            debug = decisions.isEnabledFor(logging.DEBUG)
+            exemptions = getattr(d, "exemptions", None)
+            if exemptions:  # every exemption used is logged (who granted it and why are in the text)
+                fields["exemptions"] = [str(e) for e in exemptions]
+            if self.endpoint == "mutate":
+                # dryrun policies: what they would have changed, as lines; the would-be patch at debug
+                dryrun_patch = getattr(d, "dryrun_patch", None) or []
+                if d.dryrun:
+                    fields["dryrun_changes"] = list(d.dryrun)
+                if dryrun_patch:
+                    fields["dryrun_patch_ops"] = len(dryrun_patch)
+                if debug and d.patch:
+                    fields["patch"] = d.patch
+                if debug and dryrun_patch:
+                    fields["dryrun_patch"] = dryrun_patch
+        if self.error:
+            fields["error"] = self.error
+        return fields
+
+
+def _answer(app: Flask, endpoint: str, record: _Record) -> Response:
     raw = _read_body(endpoint)
     if isinstance(raw, Response):
+        record.error = f"request body exceeds {admission.MAX_BODY_BYTES} bytes"
         return raw
     if not raw.strip():
+        record.error = "empty request body"
         return _error("empty request body: expected an AdmissionReview (admission.k8s.io/v1)")
     body: dict | None = None
     try:
         body = admission.parse_review(raw)
-        return _json(admission.review(body, list(get_state(app).policies), endpoint))
+        req = body["request"]
+        record.req = req
+        policies = list(get_state(app).policies)  # one read: this request sees one policy set, whole
+        obj = req.get("object")
+        # DELETE carries oldObject only; CONNECT carries options: nothing to decide
+        decision = (
+            engine.evaluate(obj, admission.context_of(req), policies) if isinstance(obj, dict) else engine.Decision()
+        )
+        payload = admission.respond(req, decision, endpoint)
+        record.decision = decision
+        return _json(payload)
     except admission.AdmissionError as exc:
-        log.info("/%s: rejected malformed AdmissionReview from %s: %s", endpoint, request.remote_addr, one_line(exc))
+        record.error = one_line(f"malformed AdmissionReview: {exc}")
         return _error(str(exc) or "malformed AdmissionReview")
     except Exception as exc:
         uid = _uid_of(body, raw)
-        log.exception("/%s: internal error (uid %s); %s", endpoint, uid, "allowing" if uid else "answering 400")
+        if not record.req and uid:
+            record.req = {"uid": uid}
+        record.exc = exc
+        record.error = one_line(f"internal error, {'allowed' if uid else 'answered 400'}: {type(exc).__name__}: {exc}")
         if uid is None:
             return _error(f"spreadguard internal error and no request uid: {type(exc).__name__}: {exc}")
         return _json(_fail_open(uid, exc))
 
 
-def create_app(policies_dir: str | Path) -> Flask:
+def _handle(app: Flask, endpoint: str) -> Response:
+    record = _Record(endpoint)
+    try:
+        return _answer(app, endpoint, record)
+    except BaseException as exc:  # an HTTP error raised while reading (the error handlers answer it)
+        record.error = record.error or one_line(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        record.finish()
+
+
+def _metrics_response(cert_expiry: metrics.CertExpiry | None) -> Response:
+    if cert_expiry is not None:
+        cert_expiry.refresh()
+    return Response(metrics.render(), mimetype=None, content_type=metrics.CONTENT_TYPE)
+
+
+def create_app(policies_dir: str | Path, tls_cert: str | Path | None = None) -> Flask:
     """The webhook's Flask app serving the policies in ``policies_dir``.
 
     Raises ``webhook.policy.PolicyError`` (every problem as ``file:line: field: message``) when the
-    directory does not load, so a broken policy set never serves.
+    directory does not load, so a broken policy set never serves. ``tls_cert``, the serving certificate,
+    is only read for the expiry metric.
     """
     app = Flask("spreadguard")
     app.config["MAX_CONTENT_LENGTH"] = READ_CAP
     set_state(app, load_state(policies_dir))
+    cert_expiry = metrics.CertExpiry(str(tls_cert)) if tls_cert else None
 
     @app.post("/mutate")
     def mutate() -> Response:
@@ -180,6 +328,10 @@ def create_app(policies_dir: str | Path) -> Flask:
     @app.post("/validate")
     def validate() -> Response:
         return _handle(app, "validate")
+
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        return _metrics_response(cert_expiry)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -190,7 +342,10 @@ def create_app(policies_dir: str | Path) -> Flask:
         state = get_state(app)
         if not state.ready:
             return _json({"status": "not ready", "policies": []}, 503)
-        return _json({"status": "ready", "policies": list(state.names)})
+        detail: dict[str, Any] = {"status": "ready", "policies": list(state.names)}
+        if state.last_reload is not None:  # a change of the directory was seen: how loading it went
+            detail["lastReload"] = state.last_reload.as_json()
+        return _json(detail)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -212,3 +367,35 @@ def create_app(policies_dir: str | Path) -> Flask:
         return _error(f"internal error: {type(exc).__name__}", 500)
 
     return app
+
+
+def master_before_fork(app: Flask) -> None:
+    """In the gunicorn master, before it forks a worker (``pre_fork``): bring the policies up to date.
+
+    A worker restarted long after the start then begins with the current good set rather than the one loaded
+    at start-up (if the files are broken at that moment: with the last set the master could load). No
+    metrics here: the master serves nothing.
+    """
+    reload_once(lambda: get_state(app), lambda state: set_state(app, state), observe=False)
+
+
+def worker_started(app: Flask, reload_interval: float = DEFAULT_INTERVAL_SECONDS) -> PolicyWatcher | None:
+    """Set up a freshly started server process (gunicorn ``post_fork``): metrics, policy watcher.
+
+    Checks the policy directory once before the worker serves (the files may have changed since the master
+    loaded them), then watches it every ``reload_interval`` seconds (0: no watching) in a daemon thread.
+    """
+    state = get_state(app)
+    metrics.worker_started(len(state.policies), state.last_reload is None or state.last_reload.ok)
+    watcher = PolicyWatcher(lambda: get_state(app), lambda state: set_state(app, state), reload_interval or 1.0)
+    watcher.check()  # records its own result in the metrics, if the files changed
+    state = get_state(app)
+    log.info(
+        WORKER_READY,
+        extra={
+            "fields": {"policies": list(state.names), "directory": state.source, "reload_interval": reload_interval}
+        },
+    )
+    if reload_interval > 0:
+        return watcher.start()
+    return None

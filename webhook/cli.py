@@ -38,6 +38,12 @@ def _cmd_certs_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs_bootstrap(args: argparse.Namespace) -> int:
+    from webhook import bootstrap
+
+    return bootstrap.run(args)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from webhook import serve
 
@@ -49,6 +55,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         log_level=args.log_level,
+        reload_interval=args.reload_interval,
+        metrics_dir=args.metrics_dir,
     )
 
 
@@ -225,6 +233,49 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=int, default=365, help="validity of the serving certificate (default: 365)")
     gen.add_argument("--force", action="store_true", help="replace existing certificates even if valid")
     gen.set_defaults(func=_cmd_certs_generate)
+    boot = certs_sub.add_parser(
+        "bootstrap",
+        help="keep the serving certificate in a Secret and its CA in the webhook configurations (in-cluster)",
+        description="Create, keep or renew the CA and serving certificate in a kubernetes.io/tls Secret (ca.crt, "
+        "ca.key, tls.crt, tls.key; DNS SANs SERVICE, SERVICE.NAMESPACE, SERVICE.NAMESPACE.svc and "
+        "SERVICE.NAMESPACE.svc.cluster.local), then set the caBundle of every webhook in the named "
+        "Mutating/ValidatingWebhookConfigurations. A certificate valid for longer than --renew-before is kept; "
+        "otherwise it is renewed from the same CA. Writes nothing when nothing changed; safe to run from several "
+        "pods at once. Exit code: 0 done, 1 the API server could not be reached or the work not finished, "
+        "2 bad arguments, no cluster configuration, or forbidden.",
+        epilog="examples:\n  spreadguard certs bootstrap --namespace spreadguard --service spreadguard "
+        "--secret spreadguard-tls --webhook spreadguard\n"
+        "  spreadguard certs bootstrap -n spreadguard --service spreadguard --secret spreadguard-tls "
+        "--webhook spreadguard --kubeconfig ~/.kube/config --out certs/",
+        formatter_class=_formatter,
+    )
+    boot.add_argument("-n", "--namespace", required=True, help="namespace of the Service and the Secret")
+    boot.add_argument("--service", required=True, help="name of the webhook's Service (for the DNS SANs)")
+    boot.add_argument("--secret", required=True, help="name of the TLS Secret to create or keep")
+    boot.add_argument(
+        "--webhook",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="NAME",
+        help="Mutating/ValidatingWebhookConfiguration name whose caBundle to set (repeatable)",
+    )
+    boot.add_argument("--out", metavar="DIR", help="also write ca.crt, tls.crt and tls.key into DIR")
+    boot.add_argument("--days", type=int, default=365, help="validity of a new serving certificate (default: 365)")
+    boot.add_argument(
+        "--renew-before",
+        type=float,
+        default=30,
+        metavar="DAYS",
+        help="renew a certificate expiring within DAYS (default: 30; certificates expiring "
+        "within 30 days are always renewed)",
+    )
+    boot.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig to use (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
+    )
+    boot.set_defaults(func=_cmd_certs_bootstrap)
 
     serve_p = sub.add_parser(
         "serve",
@@ -242,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
     serve_p.add_argument("--threads", type=int, default=8, help="threads per worker (default: 8)")
     serve_p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="check the policy directory for changes every SECONDS and reload it; 0: never (default: 2)",
+    )
+    serve_p.add_argument(
+        "--metrics-dir",
+        default=None,
+        metavar="DIR",
+        help="directory where the workers share their metrics, emptied at start (default: "
+        "$PROMETHEUS_MULTIPROC_DIR, else a temporary directory)",
+    )
     serve_p.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser(
@@ -312,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sch.add_argument("--write", metavar="FILE", help="write to FILE instead of stdout")
     sch.set_defaults(func=_cmd_policies_schema)
+
     return parser
 
 
@@ -319,9 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        # a group command without its action: show that group's help
-        target = getattr(args, "command", None) or ""
-        parser.parse_args([target, "--help"] if target else ["--help"])
+        # no command, or a group command without its action: that level's help on stderr, usage error
+        group = getattr(args, "command", None)
+        helper = parser._subparsers._group_actions[0].choices.get(group) if group else parser  # noqa: SLF001
+        (helper or parser).print_help(sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,580 @@
+"""``spreadguard certs bootstrap`` against a test double of the Kubernetes API.
+
+There is no kube-apiserver here, so ``FakeAPIServer`` stands in for one: a real HTTPS server on 127.0.0.1 (in a
+thread) that implements what bootstrap uses, the way kube-apiserver does it: GET/POST/PUT/PATCH of Secrets with
+``resourceVersion`` conflicts (409) and ``AlreadyExists`` (409), and GET/PATCH (strategic merge by webhook name,
+JSON merge, JSON patch) of ``admissionregistration.k8s.io/v1`` Mutating/ValidatingWebhookConfigurations, with
+``Status`` bodies for errors and bearer-token authentication. bootstrap talks to it through the real
+``kubernetes`` client, configured by a generated kubeconfig. The webhook configurations it starts with are the
+ones ``kubectl kustomize manifests/`` renders (when kubectl is there).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import functools
+import json
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+import yaml
+from conftest import REPO, free_port
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from webhook import bootstrap, certs
+from webhook.bootstrap import BootstrapError, Kube
+from webhook.cli import main as cli_main
+
+NS, SERVICE, SECRET, HOOK = "spreadguard", "spreadguard", "spreadguard-tls", "spreadguard"
+TOKEN = "bootstrap-test-token"
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+ADMISSION = "/apis/admissionregistration.k8s.io/v1/"
+KINDS = {
+    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
+    "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
+}
+
+
+# --- the test double ----------------------------------------------------------------------------------------------
+
+
+def status(code: int, reason: str, message: str, name: str = "", kind: str = "") -> dict:
+    """A ``metav1.Status`` as kube-apiserver sends it with an error."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "details": {"name": name, "kind": kind}, "code": code}
+
+
+def strategic_merge(target: Any, patch: Any, list_keys: dict[str, str]) -> Any:
+    """Strategic merge patch, enough for these objects: maps merge, ``null`` deletes, lists named in
+    ``list_keys`` merge by that key (``webhooks`` by ``name``), other lists are replaced."""
+    if not isinstance(patch, dict) or not isinstance(target, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif key in list_keys and isinstance(value, list) and isinstance(out.get(key), list):
+            merge_key = list_keys[key]
+            items = out[key]
+            for item in value:
+                match = next((i for i, old in enumerate(items) if old.get(merge_key) == item.get(merge_key)), None)
+                if match is None:
+                    items.append(copy.deepcopy(item))
+                else:
+                    items[match] = strategic_merge(items[match], item, list_keys)
+        else:
+            out[key] = strategic_merge(out.get(key), value, list_keys) if isinstance(value, dict) else value
+    return out
+
+
+class FakeAPIServer:
+    """The slice of kube-apiserver that bootstrap uses (see the module docstring). Thread-safe."""
+
+    def __init__(self, tls: certs.CertResult, key_path: Path):
+        self.lock = threading.Lock()
+        self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, namespace, name) -> object
+        self.requests: list[tuple[str, str]] = []
+        self.forbidden: set[tuple[str, str]] = set()  # (verb, resource)
+        self.before: dict[tuple[str, str], Callable[[FakeAPIServer], dict | None]] = {}  # one-shot hooks
+        self._rv = 100
+        port = free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_path, key_path)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+    # -- state, for tests
+
+    def next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def put(self, resource: str, obj: dict) -> dict:
+        """Store ``obj`` as if created (uid, resourceVersion); returns the stored copy."""
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = self.next_rv()
+        meta.setdefault("uid", f"uid-{meta['resourceVersion']}")
+        self.objects[(resource, meta.get("namespace", ""), meta["name"])] = copy.deepcopy(obj)
+        return obj
+
+    def get(self, resource: str, name: str, namespace: str = "") -> dict | None:
+        return copy.deepcopy(self.objects.get((resource, namespace, name)))
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [r for r in self.requests if r[0] in WRITES]
+
+    # -- HTTP
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                path = self.path.split("?", 1)[0]
+                with api.lock:
+                    api.requests.append((self.command, path))
+                    if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                        self._send(401, status(401, "Unauthorized", "Unauthorized"))
+                        return
+                    code, answer = api.route(self.command, path, body, self.headers.get("Content-Type", ""))
+                self._send(code, answer)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
+
+        return Handler
+
+    def route(self, method: str, path: str, body: Any, content_type: str) -> tuple[int, dict]:
+        parts = path.strip("/").split("/")
+        if path.startswith("/api/v1/namespaces/") and len(parts) >= 5 and parts[4] == "secrets":
+            resource, namespace, name = "secrets", parts[3], parts[5] if len(parts) > 5 else None
+            group = ""
+        elif path.startswith(ADMISSION) and len(parts) == 5 and parts[3] in KINDS:
+            resource, namespace, name, group = parts[3], "", parts[4], "admissionregistration.k8s.io"
+        else:
+            return 404, status(404, "NotFound", f"the server could not find the requested resource ({path})")
+        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        hook = self.before.pop((verb, resource), None)
+        if hook is not None:
+            forced = hook(self)
+            if forced is not None:
+                return forced["code"], forced
+        if (verb, resource) in self.forbidden:
+            user = "system:serviceaccount:spreadguard:spreadguard"
+            where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            target = f'{resource} "{name}"' if name else resource
+            return 403, status(403, "Forbidden", f'{target} is forbidden: User "{user}" cannot {verb} resource '
+                                                 f'"{resource}" in API group "{group}"{where}', name or "", resource)
+        if verb == "create":
+            name = body["metadata"]["name"]
+            if (resource, namespace, name) in self.objects:
+                return 409, status(409, "AlreadyExists", f'{resource} "{name}" already exists', name, resource)
+            body["metadata"]["namespace"] = namespace
+            body["metadata"].pop("resourceVersion", None)
+            return 201, self.put(resource, body)
+        current = self.objects.get((resource, namespace, name))
+        if current is None:
+            return 404, status(404, "NotFound", f'{resource} "{name}" not found', name, resource)
+        if verb == "get":
+            return 200, copy.deepcopy(current)
+        if verb == "update":
+            sent = (body.get("metadata") or {}).get("resourceVersion")
+            if sent != current["metadata"]["resourceVersion"]:
+                return 409, status(409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}": the '
+                                                    "object has been modified; please apply your changes to the "
+                                                    "latest version and try again", name, resource)
+            body["metadata"]["uid"] = current["metadata"]["uid"]
+            return 200, self.put(resource, body)
+        if verb == "patch":
+            if content_type.startswith("application/json-patch+json"):
+                patched = jsonpatch.apply_patch(current, body)
+            elif content_type.startswith("application/strategic-merge-patch+json"):
+                patched = strategic_merge(current, body, {"webhooks": "name"})
+            else:
+                patched = strategic_merge(current, body, {})
+            sent = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+            if sent is not None and sent != current["metadata"]["resourceVersion"]:
+                return 409, status(409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}": the '
+                                                    "object has been modified", name, resource)
+            return 200, self.put(resource, patched)
+        return 405, status(405, "MethodNotAllowed", f"{method} is not supported here")
+
+
+# --- fixtures -----------------------------------------------------------------------------------------------------
+
+
+def rendered_webhook_configurations() -> list[dict]:
+    """The two configurations from ``kubectl kustomize manifests/`` (hand-written ones without kubectl)."""
+    return copy.deepcopy(_rendered_webhook_configurations())
+
+
+@functools.cache
+def _rendered_webhook_configurations() -> list[dict]:
+    if shutil.which("kubectl"):
+        done = subprocess.run(["kubectl", "kustomize", str(REPO / "manifests")], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode == 0:
+            docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+            found = [d for d in docs if d.get("kind") in KINDS.values()]
+            if len(found) == 2:
+                return found
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": HOOK},
+         "webhooks": [{"name": f"{part}.spreadguard.io", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                       "clientConfig": {"service": {"namespace": NS, "name": SERVICE, "path": "/x", "port": 443}}}
+                      for part in ("workloads", "pods")]}
+        for kind in KINDS.values()
+    ]
+
+
+@pytest.fixture(scope="module")
+def api_tls(tmp_path_factory: pytest.TempPathFactory) -> certs.CertResult:
+    return certs.ensure_certs(tmp_path_factory.mktemp("apiserver-tls"))
+
+
+@pytest.fixture
+def api(api_tls: certs.CertResult) -> Iterator[FakeAPIServer]:
+    server = FakeAPIServer(api_tls, api_tls.key_path)
+    for obj in rendered_webhook_configurations():
+        server.put(obj["kind"].lower() + "s", copy.deepcopy(obj))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def kubeconfig(api: FakeAPIServer, api_tls: certs.CertResult, tmp_path: Path) -> Path:
+    """A kubeconfig for the double: its CA, a bearer token."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": api.url, "certificate-authority": str(api_tls.ca_path)}}],
+        "users": [{"name": "bootstrap", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "bootstrap", "namespace": NS}}],
+    }))
+    return path
+
+
+def run(kubeconfig: Path, **kwargs: Any) -> bootstrap.BootstrapResult:
+    args: dict[str, Any] = {"namespace": NS, "service": SERVICE, "secret": SECRET, "webhooks": [HOOK]}
+    args.update(kwargs)
+    return bootstrap.bootstrap(kubeconfig=str(kubeconfig), **args)
+
+
+def secret_files(api: FakeAPIServer) -> dict[str, bytes]:
+    secret = api.get("secrets", SECRET, NS)
+    assert secret is not None, "no Secret"
+    return {k: base64.b64decode(v) for k, v in secret["data"].items()}
+
+
+def ca_bundles(api: FakeAPIServer) -> list[str | None]:
+    out = []
+    for resource in KINDS:
+        obj = api.get(resource, HOOK)
+        assert obj is not None
+        out.extend((w.get("clientConfig") or {}).get("caBundle") for w in obj["webhooks"])
+    return out
+
+
+def cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def make_secret(directory: Path, days: int, renew_ca: bool = False) -> dict:
+    """A Secret as bootstrap would have written it, with a serving certificate valid for ``days``."""
+    result = certs.ensure_certs(directory, dns=bootstrap.service_dns_names(SERVICE, NS), days=days)
+    data = {name: base64.b64encode((directory / name).read_bytes()).decode()
+            for name in (certs.CA_CERT, certs.CA_KEY, certs.TLS_CERT, certs.TLS_KEY)}
+    assert result.action == "created"
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": SECRET, "namespace": NS}, "data": data}
+
+
+# --- tests --------------------------------------------------------------------------------------------------------
+
+
+def test_creates_the_secret_and_patches_every_ca_bundle(api: FakeAPIServer, kubeconfig: Path) -> None:
+    assert all(b is None for b in ca_bundles(api)), "the rendered manifests must not carry a caBundle"
+    result = run(kubeconfig)
+
+    assert result.secret_action == "created" and not result.raced
+    secret = api.get("secrets", SECRET, NS)
+    assert secret["type"] == "kubernetes.io/tls"
+    files = secret_files(api)
+    assert set(files) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    serving, ca = cert(files["tls.crt"]), cert(files["ca.crt"])
+    serving.verify_directly_issued_by(ca)
+    sans = set(serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+               .get_values_for_type(x509.DNSName))
+    assert {"spreadguard", "spreadguard.spreadguard", "spreadguard.spreadguard.svc",
+            "spreadguard.spreadguard.svc.cluster.local"} <= sans
+    key = serialization.load_pem_private_key(files["tls.key"], None)
+    assert key.public_key() == serving.public_key()
+    assert serving.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=360)
+
+    bundles = ca_bundles(api)
+    assert len(bundles) == 4 and set(bundles) == {base64.b64encode(files["ca.crt"]).decode()}
+    assert api.writes() == [
+        ("POST", f"/api/v1/namespaces/{NS}/secrets"),
+        ("PATCH", f"{ADMISSION}mutatingwebhookconfigurations/{HOOK}"),
+        ("PATCH", f"{ADMISSION}validatingwebhookconfigurations/{HOOK}"),
+    ]
+    assert result.webhooks == [("MutatingWebhookConfiguration", HOOK, "patched"),
+                               ("ValidatingWebhookConfiguration", HOOK, "patched")]
+    # the rest of the configurations is untouched by the patch
+    for obj in rendered_webhook_configurations():
+        stored = api.get(obj["kind"].lower() + "s", HOOK)
+        for hook in stored["webhooks"]:
+            hook["clientConfig"].pop("caBundle")
+        assert stored["webhooks"] == obj["webhooks"]
+
+
+def test_second_run_writes_nothing(api: FakeAPIServer, kubeconfig: Path) -> None:
+    first = run(kubeconfig)
+    before = (api.get("secrets", SECRET, NS), ca_bundles(api))
+    writes = len(api.writes())
+    second = run(kubeconfig)
+    assert second.secret_action == "kept"
+    assert second.webhooks == [("MutatingWebhookConfiguration", HOOK, "unchanged"),
+                               ("ValidatingWebhookConfiguration", HOOK, "unchanged")]
+    assert len(api.writes()) == writes, f"the second run wrote: {api.writes()[writes:]}"
+    assert (api.get("secrets", SECRET, NS), ca_bundles(api)) == before
+    assert second.ca_bundle == first.ca_bundle
+
+
+def test_near_expiry_certificate_is_renewed_with_the_same_ca(
+    api: FakeAPIServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    old = make_secret(tmp_path / "old", days=10)
+    api.put("secrets", old)
+    old_files = {k: base64.b64decode(v) for k, v in old["data"].items()}
+    run(kubeconfig)  # first: caBundle written for that CA
+    api.requests.clear()
+    files = secret_files(api)
+    assert files["ca.crt"] == old_files["ca.crt"] and files["ca.key"] == old_files["ca.key"]
+    assert files["tls.crt"] != old_files["tls.crt"] and files["tls.key"] != old_files["tls.key"]
+    renewed = cert(files["tls.crt"])
+    renewed.verify_directly_issued_by(cert(old_files["ca.crt"]))
+    assert renewed.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=360)
+    assert set(ca_bundles(api)) == {base64.b64encode(old_files["ca.crt"]).decode()}
+
+
+def test_renewal_keeps_the_ca_bundle_untouched(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+    old = make_secret(tmp_path / "old", days=10)
+    old["metadata"]["labels"] = {"team": "platform"}
+    old["data"]["note"] = base64.b64encode(b"added by someone else").decode()
+    api.put("secrets", old)
+    for resource in KINDS:  # the configurations already trust this CA
+        obj = api.get(resource, HOOK)
+        for hook in obj["webhooks"]:
+            hook["clientConfig"]["caBundle"] = old["data"]["ca.crt"]
+        api.put(resource, obj)
+    api.requests.clear()
+    result = run(kubeconfig)
+    assert result.secret_action == "renewed"
+    assert api.writes() == [("PUT", f"/api/v1/namespaces/{NS}/secrets/{SECRET}")]
+    secret = api.get("secrets", SECRET, NS)
+    assert secret["metadata"]["labels"]["team"] == "platform", "an update keeps what others put on the Secret"
+    assert secret_files(api)["note"] == b"added by someone else"
+    assert secret["metadata"]["annotations"]["spreadguard.io/not-after"].startswith(
+        f"{result.not_after:%Y-%m-%dT%H:%M}")
+
+
+def test_a_good_secret_without_the_ca_key_is_kept_until_renewal(
+    api: FakeAPIServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    brought = make_secret(tmp_path / "brought", days=365)
+    del brought["data"]["ca.key"]
+    api.put("secrets", brought)
+    api.requests.clear()
+    assert run(kubeconfig).secret_action == "kept"
+    assert [m for m, _ in api.writes()] == ["PATCH", "PATCH"]
+    assert run(kubeconfig, renew_before_days=400, days=500).secret_action == "replaced"  # no key: a new CA
+
+
+def test_renew_before_decides(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+    api.put("secrets", make_secret(tmp_path / "old", days=60))
+    assert run(kubeconfig).secret_action == "kept"  # 60 days left, default --renew-before 30
+    assert run(kubeconfig, renew_before_days=90, days=400).secret_action == "renewed"
+    assert run(kubeconfig, renew_before_days=90, days=400).secret_action == "kept"
+    with pytest.raises(BootstrapError, match="renew-before") as err:
+        run(kubeconfig, renew_before_days=365, days=365)
+    assert err.value.code == 2
+
+
+def test_create_conflict_uses_the_other_pods_secret(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+    theirs = make_secret(tmp_path / "theirs", days=365)
+
+    def another_pod_was_first(server: FakeAPIServer) -> None:
+        server.put("secrets", copy.deepcopy(theirs))  # lands between our GET (404) and our POST
+
+    api.before[("create", "secrets")] = another_pod_was_first
+    result = run(kubeconfig)
+    assert result.raced and result.secret_action == "kept"
+    assert secret_files(api) == {k: base64.b64decode(v) for k, v in theirs["data"].items()}
+    assert set(ca_bundles(api)) == {theirs["data"]["ca.crt"]}
+    methods = [m for m, _ in api.writes()]
+    assert methods == ["POST", "PATCH", "PATCH"], api.writes()
+
+
+def test_update_conflict_rereads(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+    api.put("secrets", make_secret(tmp_path / "old", days=5))
+    fresh = make_secret(tmp_path / "fresh", days=365)
+
+    def another_pod_renewed_first(server: FakeAPIServer) -> None:
+        server.put("secrets", copy.deepcopy(fresh))  # new resourceVersion: our PUT conflicts
+
+    api.before[("update", "secrets")] = another_pod_renewed_first
+    result = run(kubeconfig)
+    assert result.raced and result.secret_action == "kept"
+    assert secret_files(api)["tls.crt"] == base64.b64decode(fresh["data"]["tls.crt"])
+    assert set(ca_bundles(api)) == {fresh["data"]["ca.crt"]}
+
+
+def test_pods_starting_together_agree_on_one_secret(api: FakeAPIServer, kubeconfig: Path) -> None:
+    """Five init containers at once (the rollout of a fresh install): one Secret, one CA everywhere."""
+    results: list[bootstrap.BootstrapResult] = []
+    errors: list[BaseException] = []
+
+    def one_pod() -> None:
+        try:
+            results.append(run(kubeconfig))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_pod) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert len(results) == 5
+    bundle = secret_files(api)["ca.crt"]
+    assert all(r.ca_bundle == bundle for r in results)
+    assert set(ca_bundles(api)) == {base64.b64encode(bundle).decode()}
+    created = [r for r in results if r.secret_action == "created" and not r.raced]
+    assert len(created) <= 1 and sum(1 for m, _ in api.writes() if m == "POST") <= 5
+
+
+def test_webhook_patch_conflict_retries(api: FakeAPIServer, kubeconfig: Path) -> None:
+    def someone_edits_it(server: FakeAPIServer) -> None:
+        server.put("mutatingwebhookconfigurations", server.get("mutatingwebhookconfigurations", HOOK))
+
+    api.before[("patch", "mutatingwebhookconfigurations")] = someone_edits_it
+    run(kubeconfig)
+    assert len(set(ca_bundles(api))) == 1 and None not in ca_bundles(api)
+    patches = [p for m, p in api.writes() if m == "PATCH" and "mutating" in p]
+    assert len(patches) == 2  # the first one conflicted
+
+
+def test_new_ca_keeps_the_old_one_trusted_until_it_expires(
+    api: FakeAPIServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    old = make_secret(tmp_path / "old", days=10)  # due for renewal...
+    old_ca = base64.b64decode(old["data"]["ca.crt"])
+    old["data"]["ca.key"] = base64.b64encode(b"lost").decode()  # ...and the CA cannot sign any more
+    api.put("secrets", old)
+    result = run(kubeconfig)
+    assert result.secret_action == "replaced"
+    bundle = x509.load_pem_x509_certificates(secret_files(api)["ca.crt"])
+    assert len(bundle) == 2 and bundle[1] == cert(old_ca)
+    cert(secret_files(api)["tls.crt"]).verify_directly_issued_by(bundle[0])
+    assert set(ca_bundles(api)) == {base64.b64encode(secret_files(api)["ca.crt"]).decode()}
+    assert run(kubeconfig).secret_action == "kept"  # and it stays that way
+
+
+def test_out_writes_usable_files(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    run(kubeconfig, out=out)
+    files = secret_files(api)
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        assert (out / name).read_bytes() == files[name]
+    assert not (out / "ca.key").exists(), "the server has no use for the CA key"
+    assert (out / "tls.key").stat().st_mode & 0o077 == 0
+    ssl.create_default_context().load_cert_chain(out / "tls.crt", out / "tls.key")
+
+
+def test_forbidden_names_verb_and_resource_and_exits_2(
+    api: FakeAPIServer, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.forbidden.add(("create", "secrets"))
+    code = cli_main(["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET,
+                     "--webhook", HOOK, "--kubeconfig", str(kubeconfig)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert "forbidden: cannot create secrets 'spreadguard-tls' in namespace spreadguard" in err
+    assert "rbac.yaml" in err
+
+    api.forbidden = {("patch", "validatingwebhookconfigurations")}
+    code = cli_main(["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET,
+                     "--webhook", HOOK, "--kubeconfig", str(kubeconfig)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot patch validatingwebhookconfigurations.admissionregistration.k8s.io 'spreadguard'" in err
+
+
+def test_cli_success_prints_one_summary_line(
+    api: FakeAPIServer, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET,
+                     "--webhook", HOOK, "--kubeconfig", str(kubeconfig), "--days", "90", "--renew-before", "10"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err.count("\n") == 1 and "Secret spreadguard/spreadguard-tls: created" in captured.err
+    assert "MutatingWebhookConfiguration spreadguard patched" in captured.err
+    not_after = cert(secret_files(api)["tls.crt"]).not_valid_after_utc
+    assert dt.timedelta(days=89) < not_after - dt.datetime.now(dt.UTC) <= dt.timedelta(days=90)
+
+
+def test_missing_webhook_configuration_is_an_error(api: FakeAPIServer, kubeconfig: Path) -> None:
+    with pytest.raises(BootstrapError, match="no MutatingWebhookConfiguration or ValidatingWebhookConfiguration "
+                                             "named 'other'") as err:
+        run(kubeconfig, webhooks=[HOOK, "other"])
+    assert err.value.code == 1
+
+
+def test_no_cluster(tmp_path: Path, api_tls: certs.CertResult, capsys: pytest.CaptureFixture[str],
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    nothing = tmp_path / "kubeconfig"
+    nothing.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
+                                               "certificate-authority": str(api_tls.ca_path)}}],
+        "users": [{"name": "x", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+    }))
+    args = ["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET, "--webhook", HOOK]
+    assert cli_main([*args, "--kubeconfig", str(nothing)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the Kubernetes API at https://127.0.0.1:" in err, err
+
+    assert cli_main([*args, "--kubeconfig", str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "no cluster" in err and err.count("\n") == 1
+
+
+def test_kube_wrapper_reads_raw_objects(api: FakeAPIServer, kubeconfig: Path) -> None:
+    kube = Kube(bootstrap.api_client(str(kubeconfig)))
+    assert kube.get_secret(NS, SECRET) is None
+    mutating = kube.get_webhook_configuration("MutatingWebhookConfiguration", HOOK)
+    assert mutating["kind"] == "MutatingWebhookConfiguration" and len(mutating["webhooks"]) == 2
+    assert kube.get_webhook_configuration("ValidatingWebhookConfiguration", "absent") is None
