@@ -17,6 +17,7 @@ from webhook.policy import Policy, load_policies
 from webhook.target import Context
 
 PINNED = yaml.safe_load((REPO / "examples" / "denied" / "single-node-pinning.yaml").read_text())
+SPREADABLE = yaml.safe_load((REPO / "examples" / "pytorchjob.yaml").read_text())
 TRAINING = load_policies(REPO / "policies")[1]
 assert TRAINING.name == "training"
 
@@ -41,8 +42,8 @@ def test_mode_engine(mode: str, allowed: bool, mutates: bool, warns: bool) -> No
     assert bool(d.patch) is mutates
     assert [v.rule for v in d.advisories if v.rule != "singleton-role"] == (["single-node-pinning"] if warns else [])
     if mode == "dryrun":  # what it would add is reported instead
-        assert any("would add anti-affinity: group Worker (4 replicas)" in w for w in d.dryrun)
-        assert any(op["path"].endswith("Worker/template/spec/affinity") for op in d.dryrun_patch)
+        assert any("would add team-tolerations: group Worker (4 replicas)" in w for w in d.dryrun)
+        assert any(op["path"].endswith("Worker/template/spec/tolerations") for op in d.dryrun_patch)
 
 
 @pytest.mark.parametrize(
@@ -76,11 +77,13 @@ def test_two_policies_combine_in_name_order() -> None:
     preferred = with_spec(TRAINING, "a-preferred", mode="warn",
                           mutate=Mutations(antiAffinity=AntiAffinity(mode="preferred", weight=50)))
     required = with_spec(TRAINING, "b-required", mode="enforce")
-    d = evaluate(PINNED, ctx(), [required, preferred])
+    d = evaluate(SPREADABLE, ctx(), [required, preferred])
     worker = d.mutated["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert list(worker) == ["preferredDuringSchedulingIgnoredDuringExecution"]
     assert worker["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 50
+    d = evaluate(PINNED, ctx(), [required, preferred])
     assert d.policies == ["a-preferred", "b-required"]
+    assert d.modes == {"a-preferred": "warn", "b-required": "enforce"}
     assert [(v.rule, v.policy) for v in d.violations] == [("single-node-pinning", "b-required")]
     assert [v.rule for v in d.advisories] == ["singleton-role"]  # the sole Master only warns
 
@@ -144,9 +147,9 @@ def test_dryrun_over_http(mode_servers: dict[str, Server]) -> None:
     mutate = server.post("/mutate", review(PINNED, "d-1")).json()["response"]
     validate = server.post("/validate", review(PINNED, "d-2")).json()["response"]
     assert mutate["allowed"] is True and "patch" not in mutate
-    assert any("dryrun training: would add anti-affinity" in w for w in mutate["warnings"])
+    assert any("dryrun training: would add team-tolerations" in w for w in mutate["warnings"])
     would = json.loads(mutate["auditAnnotations"]["dryrun-patch"])
-    assert any(op["path"] == "/spec/pytorchReplicaSpecs/Worker/template/spec/affinity" for op in would)
+    assert any(op["path"] == "/spec/pytorchReplicaSpecs/Worker/template/spec/tolerations" for op in would)
     assert validate["allowed"] is True
     assert any("[single-node-pinning]" in w for w in validate["warnings"])
 

@@ -101,7 +101,7 @@ def audit_annotations(decision: Decision, endpoint: str) -> dict[str, str]:
     """Keys for the API server's audit log (it prefixes them with the webhook's name)."""
     audit: dict[str, str] = {}
     if decision.policies:
-        audit["policies"] = ",".join(decision.policies)
+        audit["policies"] = ",".join(f"{p}({decision.modes.get(p, '?')})" for p in decision.policies)
     if decision.violations:
         audit["violations"] = ",".join(sorted({v.rule for v in decision.violations}))
     if decision.advisories:

@@ -377,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sch.add_argument("--write", metavar="FILE", help="write to FILE instead of stdout")
     sch.set_defaults(func=_cmd_policies_schema)
+    from webhook import audit_cli
 
+    audit_cli.register(sub)
     return parser
 
 

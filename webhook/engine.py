@@ -52,6 +52,7 @@ class Decision:
     dryrun: list[str] = field(default_factory=list)  # what dryrun policies would add
     info: list[str] = field(default_factory=list)  # how the kind is handled, when it is special
     policies: list[str] = field(default_factory=list)  # names of the policies that matched
+    modes: dict[str, str] = field(default_factory=dict)  # the mode each matched policy ran in
     exemptions: list[str] = field(default_factory=list)  # exemptions granted, with who and why
     dryrun_patch: list[dict[str, Any]] = field(default_factory=list)  # what dryrun policies would add
     mutated: dict | None = None  # the object after the patch
@@ -232,8 +233,9 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
         facts = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
         if not matches(policy, facts):
             continue
-        mode = effective_mode(policy, namespace, ctx.namespace_labels)
-        decision.policies.append(policy.name if mode == policy.spec.mode else f"{policy.name} ({mode})")
+        mode = ctx.force_mode or effective_mode(policy, namespace, ctx.namespace_labels)
+        decision.policies.append(policy.name)
+        decision.modes[policy.name] = mode
         exempt = _exemption(obj, policy, ctx, mode, run, decision)
         if mode == "dryrun":
             scratch = copy.deepcopy(mutated)

@@ -145,3 +145,24 @@ def term_selects(term: dict, labels: dict[str, str], namespace: str | None = Non
         return True
     keys = term.get("matchLabelKeys") or []
     return bool(keys) and not selector and all(k in labels for k in keys)
+
+
+def pinned_host(spec: dict) -> tuple[tuple[str, ...], str] | None:
+    """(field steps below ``spec``, host) of a pin that leaves a pod a single node, or None:
+    ``nodeName``, a hostname ``nodeSelector``, or required node affinity allowing one host."""
+    if spec.get("nodeName"):
+        return ("nodeName",), str(spec["nodeName"])
+    host = (spec.get("nodeSelector") or {}).get(HOSTNAME)
+    if host:
+        return ("nodeSelector", HOSTNAME), str(host)
+    terms = required_node_terms(spec)
+    if terms:
+        allowed: set[str] = set()
+        for term in terms:  # terms are ORed: every one must restrict the host for a pin
+            hosts = hosts_allowed_by_term(term)
+            if hosts is None:
+                return None
+            allowed |= hosts
+        if len(allowed) == 1:
+            return ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"), next(iter(allowed))
+    return None

@@ -25,6 +25,7 @@ class Context:
     namespace_labels: dict[str, str] = field(default_factory=dict)
     old_object: dict | None = None
     cluster: ClusterView | None = None  # the caches' snapshot; None offline (spec-only decisions)
+    force_mode: str | None = None  # every policy in this mode (audit: "what would enforce do")
 
 
 @dataclass

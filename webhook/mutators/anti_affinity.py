@@ -28,6 +28,8 @@ def mutate(t: Target) -> str | None:
         return None
     if already_spread(t, cfg.topologyKey):
         return None
+    if cfg.topologyKey == podspec.HOSTNAME and podspec.pinned_host(t.spec):
+        return None  # pinned to one node (single-node-pinning judges it): required would strand the rest
     term = {"labelSelector": t.group.selector, "topologyKey": cfg.topologyKey}
     mode, why = cfg.mode, ""
     if mode == "required" and t.group.replicas is None:
