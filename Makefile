@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/benchmark.py
+
+bench-audit: $(STAMP)
+	$(BIN)/python bench/audit_benchmark.py
 
 clean:
 	rm -rf $(VENV) certs/*.crt certs/*.key
