@@ -130,7 +130,8 @@ def start_server(tls: TLSFiles, policies: Path, log: Path, *extra: str) -> Serve
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 spreadguard("serve", "--policies", str(policies), "--tls-cert", str(tls.cert), "--tls-key",
-                            str(tls.key), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4", *extra),
+                            str(tls.key), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+                            "--cluster-cache", "off", *extra),  # tests that want a cluster view say so
                 cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         server = Server(url=f"https://127.0.0.1:{port}", ca=tls.ca, port=port, log=log, process=process)

@@ -120,7 +120,9 @@ def test_healthz(server: Server) -> None:
 def test_readyz_lists_policies(server: Server) -> None:
     resp = server.get("/readyz")
     assert resp.status_code == 200
-    assert resp.json() == {"status": "ready", "policies": [p.name for p in load_policies(REPO / "policies")]}
+    ready = resp.json()
+    assert ready["status"] == "ready" and ready["policies"] == [p.name for p in load_policies(REPO / "policies")]
+    assert ready["cluster"] == {"mode": "spec-only"} and isinstance(ready["worker"], int)
 
 
 # ------------------------------------------------------------------------------- captured requests

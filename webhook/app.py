@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +274,11 @@ def _answer(app: Flask, endpoint: str, record: _Record) -> Response:
         policies = list(get_state(app).policies)  # one read: this request sees one policy set, whole
         obj = req.get("object")
         # DELETE carries oldObject only; CONNECT carries options: nothing to decide
-        decision = (
-            engine.evaluate(obj, admission.context_of(req), policies) if isinstance(obj, dict) else engine.Decision()
-        )
+        ctx = admission.context_of(req)
+        cache = get_cluster(app)
+        if cache is not None:  # one snapshot for the whole request; never waits on the API
+            ctx = replace(ctx, cluster=cache.view())
+        decision = engine.evaluate(obj, ctx, policies) if isinstance(obj, dict) else engine.Decision()
         payload = admission.respond(req, decision, endpoint)
         record.decision = decision
         return _json(payload)
@@ -345,6 +349,9 @@ def create_app(policies_dir: str | Path, tls_cert: str | Path | None = None) -> 
         detail: dict[str, Any] = {"status": "ready", "policies": list(state.names)}
         if state.last_reload is not None:  # a change of the directory was seen: how loading it went
             detail["lastReload"] = state.last_reload.as_json()
+        cache = get_cluster(app)  # ready either way: without a synced view decisions are spec-only
+        detail["cluster"] = cache.status() if cache is not None else {"mode": "spec-only"}
+        detail["worker"] = os.getpid()  # each gunicorn worker has its own cache and policy watcher
         return _json(detail)
 
     @app.errorhandler(HTTPException)
@@ -379,6 +386,18 @@ def master_before_fork(app: Flask) -> None:
     reload_once(lambda: get_state(app), lambda state: set_state(app, state), observe=False)
 
 
+CLUSTER = "spreadguard.cluster"
+
+
+def set_cluster(app: Flask, cache: Any) -> None:
+    """Attach a ``webhook.caches.ClusterCache`` (or None: spec-only decisions)."""
+    app.extensions[CLUSTER] = cache
+
+
+def get_cluster(app: Flask) -> Any:
+    return app.extensions.get(CLUSTER)
+
+
 def worker_started(app: Flask, reload_interval: float = DEFAULT_INTERVAL_SECONDS) -> PolicyWatcher | None:
     """Set up a freshly started server process (gunicorn ``post_fork``): metrics, policy watcher.
 
@@ -387,6 +406,9 @@ def worker_started(app: Flask, reload_interval: float = DEFAULT_INTERVAL_SECONDS
     """
     state = get_state(app)
     metrics.worker_started(len(state.policies), state.last_reload is None or state.last_reload.ok)
+    cache = get_cluster(app)
+    if cache is not None:
+        cache.start()  # list + watch in this worker's own threads
     watcher = PolicyWatcher(lambda: get_state(app), lambda state: set_state(app, state), reload_interval or 1.0)
     watcher.check()  # records its own result in the metrics, if the files changed
     state = get_state(app)

@@ -57,6 +57,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         reload_interval=args.reload_interval,
         metrics_dir=args.metrics_dir,
+        cluster_cache=args.cluster_cache,
+        kubeconfig=args.kubeconfig,
+        kube_context=args.kube_context,
     )
 
 
@@ -307,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory where the workers share their metrics, emptied at start (default: "
         "$PROMETHEUS_MULTIPROC_DIR, else a temporary directory)",
     )
+    serve_p.add_argument(
+        "--cluster-cache",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto (default): watch nodes and namespaces when a cluster is configured (in-cluster service "
+        "account, --kubeconfig, or $KUBECONFIG) for schedulability checks and namespace teams/modes; "
+        "off: decide from the spec alone",
+    )
+    serve_p.add_argument("--kubeconfig", help="kubeconfig for the cluster cache")
+    serve_p.add_argument("--context", dest="kube_context", help="kubeconfig context for the cluster cache")
     serve_p.set_defaults(func=_cmd_serve)
 
     ev = sub.add_parser(

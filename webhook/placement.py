@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import podspec
+from webhook.podspec import required_node_terms
 
 PER_NODE_LABELS = frozenset({"kubernetes.io/hostname"})
 
@@ -59,19 +60,29 @@ def node_from_api(node: dict[str, Any]) -> NodeInfo:
     )
 
 
-def classify(nodes: Iterable[NodeInfo]) -> tuple[NodeClass, ...]:
+# (hostname, shared labels, taints, allocatable GPUs, unschedulable): what classes are made of
+NodeRecord = tuple[
+    str, tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...], tuple[tuple[str, int], ...], bool
+]
+
+
+def record(n: NodeInfo) -> NodeRecord:
+    shared = tuple(sorted((k, v) for k, v in n.labels.items() if k not in PER_NODE_LABELS))
+    host = n.labels.get("kubernetes.io/hostname", n.name)
+    return host, shared, tuple(sorted(n.taints)), tuple(sorted(n.gpus.items())), n.unschedulable
+
+
+def classify_records(records: Iterable[NodeRecord]) -> tuple[NodeClass, ...]:
     """Fold schedulable nodes into classes of identical scheduling properties."""
     groups: dict[tuple, list[str]] = {}
-    for n in nodes:
-        if n.unschedulable:
-            continue
-        key = (
-            tuple(sorted((k, v) for k, v in n.labels.items() if k not in PER_NODE_LABELS)),
-            tuple(sorted(n.taints)),
-            tuple(sorted(n.gpus.items())),
-        )
-        groups.setdefault(key, []).append(n.labels.get("kubernetes.io/hostname", n.name))
+    for host, labels, taints, gpus, unschedulable in records:
+        if not unschedulable:
+            groups.setdefault((labels, taints, gpus), []).append(host)
     return tuple(NodeClass(k[0], k[1], k[2], tuple(sorted(v))) for k, v in groups.items())
+
+
+def classify(nodes: Iterable[NodeInfo]) -> tuple[NodeClass, ...]:
+    return classify_records(record(n) for n in nodes)
 
 
 @dataclass(frozen=True)
@@ -121,23 +132,35 @@ def _tolerated(tolerations: list[dict], key: str, value: str, effect: str) -> bo
 
 
 def eligible_nodes(view: ClusterView, spec: dict, gpu_resources: list[str]) -> int:
-    """How many nodes a pod with ``spec`` could be scheduled on, by selectors, affinity, taints, GPUs."""
+    """How many nodes a pod with ``spec`` could be scheduled on, by selectors, affinity, taints, GPUs.
+
+    Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
+    those tuples); the per-host loop only runs when the pod selects nodes by label.
+    """
     selector = spec.get("nodeSelector") or {}
-    terms = podspec.required_node_terms(spec)
+    terms = required_node_terms(spec)
     tolerations = podspec.tolerations(spec)
     need = podspec.gpu_count(spec, gpu_resources)
+    taints_ok: dict[tuple, bool] = {}
+    gpus_ok: dict[tuple, bool] = {}
     total = 0
     for cls in view.classes:
+        if cls.taints not in taints_ok:
+            taints_ok[cls.taints] = not any(
+                effect in ("NoSchedule", "NoExecute") and not _tolerated(tolerations, key, value, effect)
+                for key, value, effect in cls.taints
+            )
+        if not taints_ok[cls.taints]:
+            continue
+        if cls.gpus not in gpus_ok:
+            gpus = dict(cls.gpus)
+            gpus_ok[cls.gpus] = not need or max((gpus.get(r, 0) for r in gpu_resources), default=0) >= need
+        if not gpus_ok[cls.gpus]:
+            continue
+        if not selector and not terms:
+            total += cls.count
+            continue
         shared = dict(cls.labels)
-        blocked = any(
-            effect in ("NoSchedule", "NoExecute") and not _tolerated(tolerations, key, value, effect)
-            for key, value, effect in cls.taints
-        )
-        if blocked:
-            continue
-        gpus = dict(cls.gpus)
-        if need and max((gpus.get(r, 0) for r in gpu_resources), default=0) < need:
-            continue
         for host in cls.hostnames:
             labels = {**shared, "kubernetes.io/hostname": host}
             if any(labels.get(k) != v for k, v in selector.items()):

@@ -290,6 +290,9 @@ def _prepare(
     threads: int,
     log_level: str,
     reload_interval: float = DEFAULT_INTERVAL_SECONDS,
+    cluster_cache: str = "auto",
+    kubeconfig: str | None = None,
+    kube_context: str | None = None,
 ) -> Callable:
     try:
         parse_bind(bind)
@@ -307,10 +310,21 @@ def _prepare(
     from webhook.app import create_app
 
     try:
-        return create_app(policies, tls_cert=tls_cert)
+        app = create_app(policies, tls_cert=tls_cert)
     except PolicyError as exc:
         lines = "\n".join(f"  {p}" for p in exc.problems)
         raise ServeError(f"invalid policies in {policies} ({len(exc.problems)} problem(s)):\n{lines}", 1) from None
+    if cluster_cache not in ("auto", "off"):
+        raise ServeError(f"--cluster-cache {cluster_cache!r}: expected auto or off")
+    if cluster_cache == "auto":
+        from webhook.app import set_cluster
+        from webhook.caches import CacheConfigError, ClusterCache
+
+        try:  # no network here: the workers list and watch after fork
+            set_cluster(app, ClusterCache.from_environment(kubeconfig=kubeconfig, context=kube_context))
+        except CacheConfigError as exc:
+            raise ServeError(f"cluster cache: {exc}") from None
+    return app
 
 
 def run(
@@ -323,16 +337,22 @@ def run(
     log_level: str = "info",
     reload_interval: float = DEFAULT_INTERVAL_SECONDS,
     metrics_dir: str | None = None,
+    cluster_cache: str = "auto",
+    kubeconfig: str | None = None,
+    kube_context: str | None = None,
 ) -> int:
     """Serve the webhook until stopped (SIGTERM/SIGINT); returns the process exit code.
 
     ``reload_interval``: seconds between checks of the policy directory (0: never reload).
     ``metrics_dir``: where the workers share their metrics (emptied at start); default
     ``$PROMETHEUS_MULTIPROC_DIR``, else a temporary directory removed at exit.
+    ``cluster_cache``: "auto" watches nodes and namespaces when a cluster is configured (in-cluster
+    service account, ``kubeconfig``/``kube_context``, or ``$KUBECONFIG``); "off": spec-only decisions.
     """
     logs.configure(log_level if log_level in LOG_LEVELS else "info")
     try:
-        app = _prepare(policies, tls_cert, tls_key, bind, workers, threads, log_level, reload_interval)
+        app = _prepare(policies, tls_cert, tls_key, bind, workers, threads, log_level, reload_interval,
+                       cluster_cache, kubeconfig, kube_context)
         directory, temporary = _metrics_dir(metrics_dir)
     except ServeError as exc:
         print(f"spreadguard serve: {exc}", file=sys.stderr)

@@ -1,0 +1,110 @@
+"""The real server with its cluster cache: decisions use the nodes and namespaces it watches.
+
+There is no kube-apiserver on this machine: the cache talks to ``FakeApi`` (tests/test_caches.py), a
+real HTTP server on 127.0.0.1 that pages lists and streams watches like the API server, through a
+generated kubeconfig so the real ``kubernetes`` client code runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Server, TLSFiles, start_server, stop
+from test_caches import FakeApi, kubeconfig, namespace, node
+
+TEAM = "spreadguard.io/team"
+
+
+def review(uid: str, replicas: int, team_label: bool = True) -> dict:
+    labels = {TEAM: "vision"} if team_label else {}
+    job = {
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "big", "namespace": "ml"},
+        "spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": replicas, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "p", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 8}}}]},
+        }}}},
+    }
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "kubeflow.org", "version": "v1", "kind": "PyTorchJob"},
+        "operation": "CREATE", "namespace": "ml", "userInfo": {"username": "alice"}, "object": job}}
+
+
+def patched_worker(resp: dict) -> dict:
+    ops = json.loads(base64.b64decode(resp["patch"]))
+    return {op["path"]: op["value"] for op in ops}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeApi]:
+    api = FakeApi()
+    for i in range(4):
+        api.put("nodes", node(f"gpu-{i}"))
+    api.put("nodes", node("nlp-0", team="nlp"))
+    api.put("namespaces", namespace("ml", **{TEAM: "speech"}))
+    api.serve()
+    yield api
+    api.stop_serving()
+
+
+@pytest.fixture
+def cluster_server(fake: FakeApi, tls_files: TLSFiles, tmp_path: Path) -> Iterator[Server]:
+    config = kubeconfig(tmp_path, fake.port)
+    server = start_server(tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto",
+                          "--kubeconfig", config)
+    try:
+        deadline = time.monotonic() + 30  # each worker lists nodes and namespaces after fork
+        synced: set[int] = set()
+        while time.monotonic() < deadline and len(synced) < 2:
+            ready = server.get("/readyz", headers={"Connection": "close"}).json()  # new connection: any worker
+            if ready["cluster"].get("synced"):
+                synced.add(ready["worker"])
+            time.sleep(0.05)
+        assert len(synced) == 2, f"workers with a synced cache: {synced}"
+        yield server
+    finally:
+        stop(server.process)
+
+
+def test_readyz_reports_the_cache(cluster_server: Server) -> None:
+    cluster = cluster_server.get("/readyz").json()["cluster"]
+    assert cluster["synced"] is True
+    assert cluster["nodes"] == 5 and cluster["namespaces"] == 1
+
+
+def test_shortage_downgrade_through_the_server(cluster_server: Server) -> None:
+    """16 workers, 4 eligible vision nodes: preferred anti-affinity, and the warning says why; every
+    worker (fresh connections land on either) answers from its own synced cache."""
+    for i in range(6):
+        resp = cluster_server.post("/mutate", review(f"u-{i}", 16), headers={"Connection": "close"}).json()
+        resp = resp["response"]
+        worker = patched_worker(resp)["/spec/pytorchReplicaSpecs/Worker/template/spec/affinity"]
+        assert list(worker["podAntiAffinity"]) == ["preferredDuringSchedulingIgnoredDuringExecution"], resp["warnings"]
+        assert any("16 replicas need 16 nodes; team vision has 4 eligible nodes" in w for w in resp["warnings"])
+    fits = cluster_server.post("/mutate", review("fits", 4)).json()["response"]
+    worker = patched_worker(fits)["/spec/pytorchReplicaSpecs/Worker/template/spec/affinity"]
+    assert list(worker["podAntiAffinity"]) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_team_from_the_watched_namespace_label(cluster_server: Server) -> None:
+    resp = cluster_server.post("/mutate", review("ns-team", 2, team_label=False)).json()["response"]
+    tolerations = patched_worker(resp)["/spec/pytorchReplicaSpecs/Worker/template/spec/tolerations"]
+    assert tolerations == [{"key": TEAM, "operator": "Equal", "value": "speech", "effect": "NoSchedule"}]
+
+
+def test_unreachable_api_means_spec_only_with_a_warning(tls_files: TLSFiles, tmp_path: Path) -> None:
+    config = kubeconfig(tmp_path, 9)  # nothing listens on port 9: connection refused
+    server = start_server(tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto",
+                          "--kubeconfig", config)
+    try:
+        assert server.get("/readyz").status_code == 200  # ready: spec-only decisions are safe
+        resp = server.post("/mutate", review("down", 16)).json()["response"]
+        worker = patched_worker(resp)["/spec/pytorchReplicaSpecs/Worker/template/spec/affinity"]
+        assert list(worker["podAntiAffinity"]) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert any("cluster view not synced" in w and "decided from the spec alone" in w for w in resp["warnings"])
+    finally:
+        stop(server.process)
