@@ -23,7 +23,7 @@ from conftest import FIXTURES_DIR, REPO
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from webhook.casefile import load_resource
+from webhook.casefile import case_context, load_resource
 from webhook.engine import Decision, evaluate
 from webhook.policy import load_policies
 from webhook.target import Context
@@ -62,16 +62,7 @@ def _policy_cases() -> list[Case]:
     for path in sorted((REPO / "policies" / "tests").glob("*.yaml")):
         for case in yaml.safe_load(path.read_text()):
             obj = load_resource(case["resource"], path.parent)
-            req = case.get("request") or {}
-            ctx = Context(
-                operation=req.get("operation", "CREATE"),
-                namespace=req.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "",
-                username=req.get("username", ""),
-                groups=tuple(req.get("groups") or ()),
-                namespace_labels=req.get("namespaceLabels") or {},
-                old_object=load_resource(req["oldObject"], path.parent) if req.get("oldObject") else None,
-            )
-            out.append(Case(f"{path.name}: {case['name']}", obj, ctx))
+            out.append(Case(f"{path.name}: {case['name']}", obj, case_context(case, obj, path.parent)))
     return out
 
 

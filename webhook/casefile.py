@@ -110,6 +110,22 @@ def _cluster(nodes: list[dict]) -> ClusterView:
     return ClusterView(synced=True, classes=classify(infos))
 
 
+def case_context(case: dict, obj: dict, base: Path) -> Context:
+    """The admission request a case describes (``request:``), around its resource ``obj``."""
+    req = case.get("request") or {}
+    if not isinstance(req, dict):
+        raise ValueError("request must be a mapping")
+    return Context(
+        operation=req.get("operation", "CREATE"),
+        namespace=req.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "",
+        username=req.get("username", ""),
+        groups=tuple(req.get("groups") or ()),
+        namespace_labels=req.get("namespaceLabels") or {},
+        old_object=load_resource(req["oldObject"], base) if req.get("oldObject") else None,
+        cluster=_cluster(req["nodes"]) if "nodes" in req else None,
+    )
+
+
 def load_resource(spec: Any, base: Path) -> dict:
     if isinstance(spec, dict):
         return spec
@@ -135,19 +151,7 @@ def _run_case(case: dict, policies: list[Policy], base: Path, file: str, name: s
     obj = load_resource(case.get("resource"), base)
     if not isinstance(obj, dict):
         raise ValueError(f"resource must be one Kubernetes object (a mapping), got {type(obj).__name__}")
-    req = case.get("request") or {}
-    if not isinstance(req, dict):
-        raise ValueError("request must be a mapping")
-    ctx = Context(
-        operation=req.get("operation", "CREATE"),
-        namespace=req.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "",
-        username=req.get("username", ""),
-        groups=tuple(req.get("groups") or ()),
-        namespace_labels=req.get("namespaceLabels") or {},
-        old_object=load_resource(req["oldObject"], base) if req.get("oldObject") else None,
-        cluster=_cluster(req["nodes"]) if "nodes" in req else None,
-    )
-    decision = evaluate(obj, ctx, policies)
+    decision = evaluate(obj, case_context(case, obj, base), policies)
     expect = case.get("expect") or {}
     if not isinstance(expect, dict):
         raise ValueError("expect must be a mapping")
