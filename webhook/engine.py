@@ -93,14 +93,14 @@ def _touched(group: Group, obj: dict, ctx: Context) -> bool:
     return workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path)
 
 
-_GPU_MEMO: ContextVar[dict[tuple[int, tuple[str, ...]], bool]] = ContextVar("gpu_memo")
+_GPU_MEMO: ContextVar[dict[tuple[tuple, tuple[str, ...]], bool]] = ContextVar("gpu_memo")
 
 
-def _requests_gpu(template: dict, resources: list[str]) -> bool:
-    """Whether a pod template requests GPUs, worked out once per template and resource list per evaluation
-    (policies usually share their gpuResources; templates are only read here, before mutation)."""
+def _requests_gpu(group: Group, template: dict, resources: list[str]) -> bool:
+    """Whether a group's pod template requests GPUs, worked out once per group and resource list per
+    evaluation (policies usually share their gpuResources, and no mutator touches resources)."""
     memo = _GPU_MEMO.get(None)
-    key = (id(template), tuple(resources))
+    key = (group.path, tuple(resources))
     if memo is None or key not in memo:
         found = podspec.requests_gpu(podspec.spec_of(template), resources)
         if memo is None:
@@ -111,7 +111,7 @@ def _requests_gpu(template: dict, resources: list[str]) -> bool:
 
 def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> Facts:
     templates = [workloads.pod_template(obj, g) for g in groups]
-    gpu = any(_requests_gpu(t, gpu_resources) for t in templates)
+    gpu = any(_requests_gpu(g, t, gpu_resources) for g, t in zip(groups, templates, strict=True))
     if kind.kind == "TrainJob":  # no pod template: resources live in spec.trainer
         res = workloads.get(obj, ("spec", "trainer", "resourcesPerNode")) or {}
         gpu = podspec.requests_gpu({"containers": [{"resources": res}]}, gpu_resources)
@@ -191,7 +191,7 @@ def _targets(
                 template=template,
                 workload_class=facts.workload_class,
                 team=_team(obj, template, policy, ctx),
-                gpu=_requests_gpu(template, policy.spec.gpuResources),
+                gpu=_requests_gpu(g, template, policy.spec.gpuResources),
                 policy_name=policy.name,
                 policy=policy.spec,
                 context=ctx,
