@@ -14,6 +14,9 @@ EPILOG_MAIN = """examples:
   spreadguard serve --policies policies/ --tls-cert certs/tls.crt --tls-key certs/tls.key
   spreadguard evaluate -f examples/pytorchjob.yaml
   spreadguard policies check policies/
+  spreadguard test
+  kubectl kustomize overlays/prod | spreadguard audit -f -
+  spreadguard audit --cluster -A -o policyreport
 """
 
 
@@ -284,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the admission webhook server (gunicorn, TLS)",
         description="Run the webhook: POST /mutate and /validate (AdmissionReview admission.k8s.io/v1), "
-        "GET /healthz and /readyz, over TLS 1.2+ with HTTP keep-alive, served by gunicorn threaded workers.",
+        "GET /healthz, /readyz and /metrics, over TLS 1.2+ with HTTP keep-alive, served by gunicorn threaded workers.",
         epilog="example:\n  spreadguard serve --policies policies/ --tls-cert certs/tls.crt --tls-key certs/tls.key "
         "--bind 127.0.0.1:8443",
         formatter_class=_formatter,
