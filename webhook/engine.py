@@ -12,7 +12,6 @@ would add and reject is reported as warnings and audit annotations.
 from __future__ import annotations
 
 import marshal
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,29 +92,17 @@ def _touched(group: Group, obj: dict, ctx: Context) -> bool:
     return workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path)
 
 
-_GPU_MEMO: ContextVar[dict[tuple[tuple, tuple[str, ...]], bool]] = ContextVar("gpu_memo")
-
-
-def _requests_gpu(group: Group, template: dict, resources: list[str]) -> bool:
-    """Whether a group's pod template requests GPUs, worked out once per group and resource list per
-    evaluation (policies usually share their gpuResources, and no mutator touches resources)."""
-    memo = _GPU_MEMO.get(None)
-    key = (group.path, tuple(resources))
-    if memo is None or key not in memo:
-        found = podspec.requests_gpu(podspec.spec_of(template), resources)
-        if memo is None:
-            return found
-        memo[key] = found
-    return memo[key]
-
-
-def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> Facts:
+def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> _Facts:
+    """What matching needs, and which groups request GPUs; computed once per distinct gpuResources list."""
     templates = [workloads.pod_template(obj, g) for g in groups]
-    gpu = any(_requests_gpu(g, t, gpu_resources) for g, t in zip(groups, templates, strict=True))
+    gpu_by_group = {
+        g.path: podspec.requests_gpu(podspec.spec_of(t), gpu_resources) for g, t in zip(groups, templates, strict=True)
+    }
+    gpu = any(gpu_by_group.values())
     if kind.kind == "TrainJob":  # no pod template: resources live in spec.trainer
         res = workloads.get(obj, ("spec", "trainer", "resourcesPerNode")) or {}
         gpu = podspec.requests_gpu({"containers": [{"resources": res}]}, gpu_resources)
-    return Facts(
+    facts = Facts(
         kind=kind,
         namespace=namespace,
         labels=[_labels_of(obj)] + [_labels_of(t) for t in templates],
@@ -123,6 +110,13 @@ def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resou
         gpu=gpu,
         largest_group=max((g.replicas or 1 for g in groups), default=0),
     )
+    return _Facts(facts, gpu_by_group)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    policy: Facts  # for policy matching
+    gpu_by_group: dict[workloads.Path, bool]  # by group path (no mutator touches resources)
 
 
 def _clone(value: Any) -> Any:
@@ -176,7 +170,7 @@ def _diff(before: dict, after: dict, pointer: str = "") -> list[dict[str, Any]]:
 
 
 def _targets(
-    obj: dict, kind: Kind, groups: list[Group], facts: Facts, policy: Policy, ctx: Context, exempt: frozenset[str]
+    obj: dict, kind: Kind, groups: list[Group], facts: _Facts, policy: Policy, ctx: Context, exempt: frozenset[str]
 ) -> list[Target]:
     out = []
     for g in groups:
@@ -189,9 +183,9 @@ def _targets(
                 kind=kind,
                 group=g,
                 template=template,
-                workload_class=facts.workload_class,
+                workload_class=facts.policy.workload_class,
                 team=_team(obj, template, policy, ctx),
-                gpu=_requests_gpu(g, template, policy.spec.gpuResources),
+                gpu=facts.gpu_by_group.get(g.path, False),
                 policy_name=policy.name,
                 policy=policy.spec,
                 context=ctx,
@@ -292,30 +286,17 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
 
     mutated = _working_copy(obj)
     groups = workloads.groups_of(mutated)
-    memo = _GPU_MEMO.set({})
-    try:
-        return _evaluate(obj, ctx, policies, decision, kind, namespace, mutated, groups)
-    finally:
-        _GPU_MEMO.reset(memo)
-
-
-def _evaluate(
-    obj: dict,
-    ctx: Context,
-    policies: list[Policy],
-    decision: Decision,
-    kind: Kind,
-    namespace: str,
-    mutated: dict,
-    groups: list[Group],
-) -> Decision:
     touched = [g for g in groups if _touched(g, obj, ctx)]
     run = _Run()
     owners: set[str] = set()
 
+    facts_by_resources: dict[tuple[str, ...], _Facts] = {}
     for policy in sorted(policies, key=lambda p: p.name):
-        facts = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
-        if not matches(policy, facts):
+        key = tuple(policy.spec.gpuResources)
+        if key not in facts_by_resources:
+            facts_by_resources[key] = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
+        facts = facts_by_resources[key]
+        if not matches(policy, facts.policy):
             continue
         mode = ctx.force_mode or effective_mode(policy, namespace, ctx.namespace_labels)
         decision.policies.append(policy.name)
