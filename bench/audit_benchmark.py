@@ -123,8 +123,8 @@ def _rss_mib() -> float:
 
 def child(mode: str, source: str, path: str, n: int) -> dict:
     """One measured run in this (fresh) process."""
-    from webhook import audit
-    from webhook.policy import load_policies
+    from webhook.audit import auditor as audit
+    from webhook.engine.policy import load_policies
 
     policies = load_policies(REPO / "policies")
     auditor = audit.Auditor(policies, pdbs_first=source == "cluster")

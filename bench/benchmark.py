@@ -210,7 +210,7 @@ def time_calls(fn, iterations: int, time_limit: float) -> dict[str, float]:
 
 
 def _object_and_context(review: dict) -> tuple[dict, Any]:
-    from webhook.target import Context
+    from webhook.engine.target import Context
 
     req = review["request"]
     ctx = Context(operation=req.get("operation") or "CREATE", namespace=req.get("namespace") or "")
@@ -219,7 +219,7 @@ def _object_and_context(review: dict) -> tuple[dict, Any]:
 
 def bench_engine(review: dict, policies: list, iterations: int, time_limit: float) -> dict[str, Any]:
     """Time ``evaluate`` on the review's object."""
-    from webhook.engine import evaluate
+    from webhook.engine.decide import evaluate
 
     obj, ctx = _object_and_context(review)
     decision = evaluate(obj, ctx, policies)
@@ -238,7 +238,7 @@ def profile_engine(review: dict, policies: list, calls: int) -> dict[str, Any]:
     (``copy.deepcopy`` recursing over every node of the object): the library operations evaluate() calls
     directly are therefore also timed without the profiler (``direct``).
     """
-    from webhook.engine import evaluate
+    from webhook.engine.decide import evaluate
 
     obj, ctx = _object_and_context(review)
     for _ in range(100):
@@ -304,7 +304,7 @@ def _describe(func: tuple) -> str:
 
 def bench_wsgi(policies_dir: Path, body: bytes, iterations: int, time_limit: float) -> dict[str, Any]:
     """The Flask app called in-process (no socket, no TLS, no gunicorn): us per /mutate and per /healthz."""
-    from webhook.app import create_app
+    from webhook.server.app import create_app
 
     app = create_app(policies_dir)
 
@@ -999,7 +999,7 @@ def progress(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from webhook.policy import load_policies
+    from webhook.engine.policy import load_policies
 
     pod_raw, pod = load_fixture(args.fixtures, POD_FIXTURE)
     _, job = load_fixture(args.fixtures, JOB_FIXTURE)

@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kubernetes import client, watch  # noqa: E402
 
-from webhook.caches import ClusterCache  # noqa: E402
-from webhook.placement import classify, eligible_nodes, node_from_api  # noqa: E402
+from webhook.engine.placement import classify, eligible_nodes, node_from_api  # noqa: E402
+from webhook.kube.informer import ClusterCache  # noqa: E402
 
 TEAMS = ("vision", "nlp", "speech", "rec", "infra", "research", "search", "ads")
 POOL_SIZE = 250

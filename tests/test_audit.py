@@ -18,11 +18,11 @@ import pytest
 import yaml
 from conftest import REPO, spreadguard, subprocess_env
 
-from webhook import audit
+from webhook.audit import auditor as audit
 from webhook.cli import main
-from webhook.engine import evaluate
-from webhook.policy import load_policies
-from webhook.target import Context
+from webhook.engine.decide import evaluate
+from webhook.engine.policy import load_policies
+from webhook.engine.target import Context
 
 DATA = REPO / "tests" / "data" / "audit"
 MANIFESTS = DATA / "manifests"

@@ -30,9 +30,10 @@ import pytest
 import yaml
 from conftest import REPO, TLSFiles, free_port
 
-from webhook import cluster, workloads
-from webhook.audit_cli import _Progress
 from webhook.cli import main
+from webhook.cli.audit import _Progress
+from webhook.engine import workloads
+from webhook.kube import listing as cluster
 
 EXAMPLES = REPO / "examples"
 POLICIES = REPO / "policies"
@@ -382,7 +383,7 @@ def test_api_server_lost_mid_scan(double: Double, capsys: pytest.CaptureFixture)
 
 
 def test_untrusted_server_certificate(double: Double, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from webhook import certs
+    from webhook.certs import files as certs
 
     other = certs.ensure_certs(tmp_path / "other-ca")  # a CA that did not sign the double's certificate
     cfg = write_kubeconfig(tmp_path / "kubeconfig-other", double.url, other.ca_path)

@@ -32,8 +32,9 @@ from conftest import REPO, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from webhook import bootstrap, certs
-from webhook.bootstrap import BootstrapError, Kube
+from webhook.certs import bootstrap
+from webhook.certs import files as certs
+from webhook.certs.bootstrap import BootstrapError, Kube
 from webhook.cli import main as cli_main
 
 NS, SERVICE, SECRET, HOOK = "spreadguard", "spreadguard", "spreadguard-tls", "spreadguard"

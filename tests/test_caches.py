@@ -25,11 +25,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import REPO, free_port
 
-from webhook.caches import CacheConfigError, ClusterCache, node_record
-from webhook.engine import evaluate
-from webhook.placement import classify, classify_records, node_from_api
-from webhook.policy import load_policies
-from webhook.target import Context
+from webhook.engine.decide import evaluate
+from webhook.engine.placement import classify, classify_records, node_from_api
+from webhook.engine.policy import load_policies
+from webhook.engine.target import Context
+from webhook.kube.informer import CacheConfigError, ClusterCache, node_record
 
 POLICIES = load_policies(REPO / "policies")
 TEAM = "spreadguard.io/team"
@@ -681,7 +681,7 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 def test_compact_records_share_pool_labels() -> None:
-    from webhook.caches import _Interner
+    from webhook.kube.informer import _Interner
 
     interner = _Interner()
     a = node_record(node("a", gpus=8), interner)

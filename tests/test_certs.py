@@ -18,8 +18,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from webhook import certs
-from webhook.certs import CertError, ensure_certs
+from webhook.certs import files as certs
+from webhook.certs.files import CertError, ensure_certs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import jsonpatch
 import pytest
 
-from webhook.admission import review
-from webhook.policy import load_policies
+from webhook.engine.policy import load_policies
+from webhook.server.review import review
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "admission"

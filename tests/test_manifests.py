@@ -24,9 +24,9 @@ import pytest
 import yaml
 from conftest import FIXTURES_DIR, REPO
 
-from webhook import workloads
 from webhook.cli import build_parser
-from webhook.policy import load_policies, parse_policy_text
+from webhook.engine import workloads
+from webhook.engine.policy import load_policies, parse_policy_text
 
 MANIFESTS = REPO / "manifests"
 RENDERS = {
@@ -514,8 +514,8 @@ def test_dryrun_overlay_lists_every_policy_file() -> None:
 
 
 def test_spreadguard_passes_its_own_policies() -> None:
-    from webhook.engine import evaluate
-    from webhook.target import Context
+    from webhook.engine.decide import evaluate
+    from webhook.engine.target import Context
 
     objects = render()
     deployment = one(objects, "Deployment", "spreadguard")
@@ -597,7 +597,7 @@ def test_dockerfile_copies_what_exists_and_is_not_ignored() -> None:
             assert matches, f"COPY {source}: nothing in the repository matches"
             for match in matches:
                 assert not _dockerignored(str(match.relative_to(REPO))), f"COPY {source}: excluded by .dockerignore"
-    for needed in ("pyproject.toml", "README.md", "webhook/cli.py", "policies/training.yaml"):
+    for needed in ("pyproject.toml", "README.md", "webhook/cli/__init__.py", "policies/training.yaml"):
         assert not _dockerignored(needed), needed
     for dropped in (".git/config", "certs/tls.key", ".venv/bin/python", "tests/test_manifests.py"):
         assert _dockerignored(dropped), dropped

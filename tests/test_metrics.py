@@ -31,10 +31,12 @@ from conftest import (
     wait_for,
 )
 
-from webhook import admission, engine, metrics
-from webhook.certs import load_not_after
-from webhook.logs import JsonFormatter
-from webhook.policy import load_policies
+from webhook.certs.files import load_not_after
+from webhook.engine import decide as engine
+from webhook.engine.policy import load_policies
+from webhook.server import metrics
+from webhook.server import review as admission
+from webhook.server.logs import JsonFormatter
 
 PYTORCHJOB = yaml.safe_load((REPO / "examples" / "pytorchjob.yaml").read_text())
 PINNED = yaml.safe_load((REPO / "examples" / "denied" / "single-node-pinning.yaml").read_text())
@@ -268,7 +270,7 @@ POD_REVIEW = admission_review(
 
 @pytest.fixture
 def client() -> Any:
-    from webhook.app import create_app
+    from webhook.server.app import create_app
 
     return create_app(POLICIES_DIR).test_client()
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import REPO, Server, TLSFiles, start_server, stop
 
-from webhook.engine import evaluate
-from webhook.policy import Policy, load_policies
-from webhook.target import Context
+from webhook.engine.decide import evaluate
+from webhook.engine.policy import Policy, load_policies
+from webhook.engine.target import Context
 
 PINNED = yaml.safe_load((REPO / "examples" / "denied" / "single-node-pinning.yaml").read_text())
 SPREADABLE = yaml.safe_load((REPO / "examples" / "pytorchjob.yaml").read_text())
@@ -62,7 +62,7 @@ def test_namespace_label_mode(policy_mode: str, label: str, override: bool, effe
 
 
 def test_policy_namespace_modes_win_over_spec_mode() -> None:
-    from webhook.policy import NamespaceMode
+    from webhook.engine.policy import NamespaceMode
 
     policy = with_spec(TRAINING, namespaceModes=[NamespaceMode(namespaces=["m*"], mode="warn")])
     assert evaluate(PINNED, ctx(), [policy]).allowed is True
@@ -72,7 +72,7 @@ def test_policy_namespace_modes_win_over_spec_mode() -> None:
 def test_two_policies_combine_in_name_order() -> None:
     """a-preferred runs first and adds preferred anti-affinity; b-required sees the group already
     spread and adds nothing; a finding denies if any enforcing policy denies it."""
-    from webhook.policy import AntiAffinity, Mutations
+    from webhook.engine.policy import AntiAffinity, Mutations
 
     preferred = with_spec(TRAINING, "a-preferred", mode="warn",
                           mutate=Mutations(antiAffinity=AntiAffinity(mode="preferred", weight=50)))

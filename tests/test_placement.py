@@ -7,10 +7,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from webhook.engine import evaluate
-from webhook.placement import ClusterView, classify, eligible_nodes, node_from_api
-from webhook.policy import load_policies
-from webhook.target import Context
+from webhook.engine.decide import evaluate
+from webhook.engine.placement import ClusterView, classify, eligible_nodes, node_from_api
+from webhook.engine.policy import load_policies
+from webhook.engine.target import Context
 
 POLICIES = load_policies(REPO / "policies")
 TRAINING = next(p for p in POLICIES if p.name == "training")

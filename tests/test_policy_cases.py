@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from webhook.casefile import load_cases, load_resource, run_case
-from webhook.policy import load_policies
-from webhook.workloads import KINDS, kind_of
+from webhook.engine.cases import load_cases, load_resource, run_case
+from webhook.engine.policy import load_policies
+from webhook.engine.workloads import KINDS, kind_of
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = load_cases(REPO / "policies" / "tests")
@@ -28,7 +28,7 @@ def test_every_kind_has_a_case() -> None:
 
 
 def test_every_rule_trips_once_and_has_a_near_miss() -> None:
-    from webhook.rules import RULE_IDS
+    from webhook.engine.rules import RULE_IDS
 
     expects = [c.get("expect") or {} for _, c in CASES]
     tripped = {r for e in expects for key in ("violations", "warnings") for r in e.get(key) or []}
@@ -62,9 +62,9 @@ def _fields(schema: dict, node: dict, prefix: str = "") -> set[str]:
 
 
 def test_author_docs_cover_every_field_and_rule() -> None:
-    from webhook.mutators import MUTATOR_IDS
-    from webhook.policy import schema
-    from webhook.rules import RULE_IDS
+    from webhook.engine.mutators import MUTATOR_IDS
+    from webhook.engine.policy import schema
+    from webhook.engine.rules import RULE_IDS
 
     doc = (REPO / "docs" / "policies.md").read_text()
     missing = sorted(f for f in _fields(schema(), schema()) if f"{f}" not in doc)

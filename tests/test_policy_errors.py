@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, spreadguard, subprocess_env
 
-from webhook.policy import PolicyError, load_policies, parse_policy_text, schema
+from webhook.engine.policy import PolicyError, load_policies, parse_policy_text, schema
 
 # Line numbers below refer to this text.
 BASE = """\

@@ -23,10 +23,10 @@ from conftest import FIXTURES_DIR, REPO
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from webhook.casefile import case_context, load_resource
-from webhook.engine import Decision, evaluate
-from webhook.policy import load_policies
-from webhook.target import Context
+from webhook.engine.cases import case_context, load_resource
+from webhook.engine.decide import Decision, evaluate
+from webhook.engine.policy import load_policies
+from webhook.engine.target import Context
 
 POLICIES = load_policies(REPO / "policies")
 K8S_VERSION = "1.32" if "1.32.0" in kubernetes_validate.utils.all_versions() else kubernetes_validate.latest_version()

@@ -33,8 +33,8 @@ from conftest import (
     wait_for,
 )
 
-from webhook import reload
-from webhook.app import create_app, get_state
+from webhook.server import reload
+from webhook.server.app import create_app, get_state
 
 PYTORCHJOB = yaml.safe_load((REPO / "examples" / "pytorchjob.yaml").read_text())
 BODY = json.dumps(admission_review(PYTORCHJOB, "reload")).encode()

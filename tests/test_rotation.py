@@ -25,8 +25,8 @@ import pytest
 from conftest import POLICIES_DIR, TLSFiles, admission_review, json_log_lines, metric, scrape, wait_for
 from cryptography import x509
 
-from webhook import serve
-from webhook.certs import ensure_certs, load_not_after
+from webhook.certs.files import ensure_certs, load_not_after
+from webhook.server import serve
 
 MAX_REQUESTS_PER_CLIENT = 20000  # a bound on the load loop whatever happens
 REQUESTS_PER_CONNECTION = 5

@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO, Server, TLSFiles, endpoint_of, free_port, spreadguard, subprocess_env
 from flask.testing import FlaskClient
 
-from webhook import admission, engine
-from webhook.policy import load_policies
+from webhook.engine import decide as engine
+from webhook.engine.policy import load_policies
+from webhook.server import review as admission
 
 MAX = admission.MAX_BODY_BYTES
 
@@ -284,7 +285,7 @@ def test_tls_1_1_is_refused(server: Server) -> None:
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_ssl_context_hook_sets_tls_1_2_minimum_and_is_cached(tls_files: TLSFiles, tmp_path: Path) -> None:
-    from webhook import serve
+    from webhook.server import serve
 
     class Conf:
         certfile = str(tls_files.cert)
@@ -378,7 +379,7 @@ def test_bad_arguments_exit_2_with_one_line(tls_files: TLSFiles, change: dict[st
 
 @pytest.fixture
 def client() -> FlaskClient:
-    from webhook.app import create_app
+    from webhook.server.app import create_app
 
     return create_app(str(REPO / "policies")).test_client()
 
@@ -407,7 +408,7 @@ def test_internal_error_without_uid_is_400(client: FlaskClient, monkeypatch: pyt
 
 
 def test_not_ready_state_is_503(client: FlaskClient) -> None:
-    from webhook.app import State, set_state
+    from webhook.server.app import State, set_state
 
     set_state(client.application, State())
     resp = client.get("/readyz")

@@ -1,0 +1,1 @@
+"""Certificates: development files made with ``cryptography`` and the in-cluster bootstrap."""

@@ -1,0 +1,329 @@
+"""``evaluate(obj, context, policies) -> Decision``: the one pure function behind the server, the
+audit command and the policy tests. No HTTP, no cluster calls.
+
+How several matching policies combine: policies run in name order. Mutations of ``enforce`` and
+``warn`` policies apply one after another on the same copy; each mutator skips what is already
+there, so a later policy never duplicates or rewrites an earlier one's addition. Rule findings are
+collected from every policy; a finding denies when its policy is in ``enforce`` mode and the rule's
+action is ``deny``; otherwise it becomes a warning. ``dryrun`` policies change nothing: what they
+would add and reject is reported as warnings and audit annotations.
+"""
+
+from __future__ import annotations
+
+import marshal
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jsonpatch
+
+from webhook.engine import exemptions, podspec, workloads
+from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
+from webhook.engine.policy import Facts, Policy, effective_mode, matches
+from webhook.engine.rules import EXEMPTION_RULES, RULE_IDS, RULES
+from webhook.engine.target import Context, Finding, Target
+from webhook.engine.workloads import Group, Kind
+
+__all__ = ["Context", "Decision", "Violation", "evaluate"]
+
+ACTING_OPERATIONS = ("CREATE", "UPDATE")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    policy: str
+    path: str
+    message: str
+
+    def text(self) -> str:
+        return f"[{self.rule}] {self.path}: {self.message} (policy {self.policy})"
+
+
+@dataclass
+class Decision:
+    """What spreadguard decides for one object."""
+
+    allowed: bool = True
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)  # the ones that deny
+    advisories: list[Violation] = field(default_factory=list)  # findings that did not deny
+    notes: list[str] = field(default_factory=list)  # what the patch adds, one line per change
+    dryrun: list[str] = field(default_factory=list)  # what dryrun policies would add
+    info: list[str] = field(default_factory=list)  # how the kind is handled, when it is special
+    policies: list[str] = field(default_factory=list)  # names of the policies that matched
+    modes: dict[str, str] = field(default_factory=dict)  # the mode each matched policy ran in
+    exemptions: list[str] = field(default_factory=list)  # exemptions granted, with who and why
+    dryrun_patch: list[dict[str, Any]] = field(default_factory=list)  # what dryrun policies would add
+    mutated: dict | None = None  # the object after the patch
+
+    @property
+    def warnings(self) -> list[str]:
+        """Everything a user should read besides the denial: findings, dryrun changes, notes."""
+        return [v.text() for v in self.advisories] + self.dryrun + self.info
+
+
+def _labels_of(obj: dict) -> dict[str, str]:
+    labels = (obj.get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
+
+
+def _team(obj: dict, template: dict, policy: Policy, ctx: Context) -> str | None:
+    """Team: the pod template's label, the object's label, the policy's namespace map, the namespace label."""
+    for labels in (_labels_of(template), _labels_of(obj)):
+        if labels.get(workloads.TEAM_LABEL):
+            return str(labels[workloads.TEAM_LABEL])
+    cfg = policy.spec.mutate.teamTolerations
+    if cfg and ctx.namespace in cfg.namespaceTeams:
+        return cfg.namespaceTeams[ctx.namespace]
+    return ctx.namespace_labels.get(workloads.TEAM_LABEL) or None
+
+
+def _touched(group: Group, obj: dict, ctx: Context) -> bool:
+    """On UPDATE, whether the user changed this group's template (only then do we act on it).
+
+    Mutating an unchanged template would fail on immutable templates (Job, JobSet) and rewrite
+    workloads created before spreadguard; their pods still get the Pod backstop.
+    """
+    if ctx.operation != "UPDATE" or ctx.old_object is None:
+        return True
+    if not group.path:  # a Pod's spec is immutable after creation
+        return False
+    return workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path)
+
+
+def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> _Facts:
+    """What matching needs, and which groups request GPUs; computed once per distinct gpuResources list."""
+    templates = [workloads.pod_template(obj, g) for g in groups]
+    gpu_by_group = {
+        g.path: podspec.requests_gpu(podspec.spec_of(t), gpu_resources) for g, t in zip(groups, templates, strict=True)
+    }
+    gpu = any(gpu_by_group.values())
+    if kind.kind == "TrainJob":  # no pod template: resources live in spec.trainer
+        res = workloads.get(obj, ("spec", "trainer", "resourcesPerNode")) or {}
+        gpu = podspec.requests_gpu({"containers": [{"resources": res}]}, gpu_resources)
+    facts = Facts(
+        kind=kind,
+        namespace=namespace,
+        labels=[_labels_of(obj)] + [_labels_of(t) for t in templates],
+        workload_class=workloads.workload_class(obj, kind, templates),
+        gpu=gpu,
+        largest_group=max((g.replicas or 1 for g in groups), default=0),
+    )
+    return _Facts(facts, gpu_by_group)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    policy: Facts  # for policy matching
+    gpu_by_group: dict[workloads.Path, bool]  # by group path (no mutator touches resources)
+
+
+def _clone(value: Any) -> Any:
+    """A copy of JSON data; marshal does it in C (several times faster than ``copy.deepcopy``)."""
+    try:
+        return marshal.loads(marshal.dumps(value))
+    except ValueError:  # not plain JSON data (e.g. a YAML timestamp read by the audit): copy by hand
+        if isinstance(value, dict):
+            return {k: _clone(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [_clone(v) for v in value]
+        return value
+
+
+SHARED_METADATA = ("managedFields",)  # never written by a mutator: shared with the original, not copied
+
+
+def _working_copy(obj: dict) -> dict:
+    """What the mutators may edit: ``spec`` and ``metadata`` copied, everything else (status...) shared."""
+    out = dict(obj)
+    if isinstance(obj.get("spec"), dict):
+        out["spec"] = _clone(obj["spec"])
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        out["metadata"] = {k: v if k in SHARED_METADATA else _clone(v) for k, v in meta.items()}
+    return out
+
+
+def _diff(before: dict, after: dict, pointer: str = "") -> list[dict[str, Any]]:
+    """RFC 6902 patch from ``before`` to ``after``. Walks dicts with C-level ``==`` to the members that
+    differ and lets ``jsonpatch`` diff only those, instead of the whole object."""
+    ops: list[dict[str, Any]] = []
+    for key, value in after.items():
+        if key in before and before[key] == value:
+            continue
+        path = f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}"
+        old = before.get(key)
+        if key not in before:
+            ops.append({"op": "add", "path": path, "value": value})
+        elif isinstance(old, dict) and isinstance(value, dict):
+            ops.extend(_diff(old, value, path))
+        else:
+            for op in jsonpatch.make_patch(old, value).patch:
+                ops.append({**op, "path": path + op["path"], **({"from": path + op["from"]} if "from" in op else {})})
+    ops.extend(
+        {"op": "remove", "path": f"{pointer}/{k.replace('~', '~0').replace('/', '~1')}"}
+        for k in before
+        if k not in after
+    )
+    return ops
+
+
+def _targets(
+    obj: dict, kind: Kind, groups: list[Group], facts: _Facts, policy: Policy, ctx: Context, exempt: frozenset[str]
+) -> list[Target]:
+    out = []
+    for g in groups:
+        template = workloads.pod_template(obj, g)
+        if not isinstance(template, dict):
+            continue
+        out.append(
+            Target(
+                obj=obj,
+                kind=kind,
+                group=g,
+                template=template,
+                workload_class=facts.policy.workload_class,
+                team=_team(obj, template, policy, ctx),
+                gpu=facts.gpu_by_group.get(g.path, False),
+                policy_name=policy.name,
+                policy=policy.spec,
+                context=ctx,
+                exempt=exempt,
+            )
+        )
+    return out
+
+
+def _mutate(targets: list[Target]) -> list[str]:
+    notes = []
+    for t in targets:
+        for mutator in MUTATORS:
+            if mutator.ID in t.exempt:
+                continue
+            note = mutator.mutate(t)
+            if note:
+                notes.append(f"{mutator.ID}: {note}")
+    return notes
+
+
+def _action(policy: Policy, rule_id: str, default: str) -> str:
+    cfg = policy.spec.rules.get(rule_id)
+    return cfg.action if cfg else default
+
+
+def _check(targets: list[Target], policy: Policy) -> list[tuple[str, str, Target, Finding]]:
+    """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped."""
+    out = []
+    for rule_id, rule in RULES.items():
+        action = _action(policy, rule_id, rule.DEFAULT_ACTION)
+        if action == "off":
+            continue
+        for t in targets:
+            if rule_id not in t.exempt:
+                out.extend((rule_id, action, t, f) for f in rule.check(t))
+    return out
+
+
+@dataclass
+class _Run:
+    """Findings of every policy, keyed by (rule, path): a denying one wins over a warning."""
+
+    findings: dict[tuple[str, str], tuple[bool, Violation]] = field(default_factory=dict)
+
+    def add(self, rule_id: str, policy: str, path: str, message: str, denies: bool) -> None:
+        key = (rule_id, path)
+        if key not in self.findings or (denies and not self.findings[key][0]):
+            self.findings[key] = (denies, Violation(rule_id, policy, path, message))
+
+
+def _exemption(obj: dict, policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision) -> frozenset[str]:
+    """The ids this object is exempted from under ``policy``; records grants and refusals."""
+    req = exemptions.requested(obj)
+    if req is None:
+        return frozenset()
+    unknown = sorted(req.ids - set(RULE_IDS) - set(MUTATOR_IDS))
+    if unknown:
+        decision.info.append(
+            f"{exemptions.EXEMPT} names unknown id(s) {', '.join(unknown)}; known: {', '.join(RULE_IDS + MUTATOR_IDS)}"
+        )
+    verdict = exemptions.authorize(req, policy, ctx, obj)
+    if verdict.granted:
+        decision.exemptions.append(
+            f"{policy.name}: {','.join(sorted(req.ids))} granted to {verdict.how}"
+            + (f" (reason: {req.reason})" if req.reason else "")
+        )
+        return req.ids
+    for rule_id, rule in EXEMPTION_RULES.items():
+        action = _action(policy, rule_id, rule.DEFAULT_ACTION)
+        if action != "off" and rule.applies(set(req.ids)):
+            msg = exemptions.message(req, verdict, policy)
+            run.add(rule_id, policy.name, exemptions.PATH, msg, mode == "enforce" and action == "deny")
+    return frozenset()
+
+
+def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Decision:
+    """Decide what to add to ``obj`` and whether to admit it, under ``policies``.
+
+    Unknown kinds, DELETE and CONNECT pass untouched. ``obj`` is never modified.
+    """
+    ctx = context or Context()
+    decision = Decision(mutated=obj)
+    kind = workloads.kind_of(obj) if isinstance(obj, dict) else None
+    if kind is None or ctx.operation not in ACTING_OPERATIONS:
+        return decision
+    namespace = ctx.namespace or (obj.get("metadata") or {}).get("namespace") or ""
+    if kind.note:
+        name = (obj.get("metadata") or {}).get("name") or ""
+        decision.info.append(kind.note.format(name=name))
+
+    view = ctx.cluster
+    if view is not None:
+        if not ctx.namespace_labels and namespace in view.namespaces:
+            ctx = replace(ctx, namespace_labels=view.namespaces[namespace])
+        if not view.synced:
+            decision.info.append(f"cluster view not synced ({view.error or 'starting'}): decided from the spec alone")
+
+    mutated = _working_copy(obj)
+    groups = workloads.groups_of(mutated)
+    touched = [g for g in groups if _touched(g, obj, ctx)]
+    run = _Run()
+    owners: set[str] = set()
+
+    facts_by_resources: dict[tuple[str, ...], _Facts] = {}
+    for policy in sorted(policies, key=lambda p: p.name):
+        key = tuple(policy.spec.gpuResources)
+        if key not in facts_by_resources:
+            facts_by_resources[key] = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
+        facts = facts_by_resources[key]
+        if not matches(policy, facts.policy):
+            continue
+        mode = ctx.force_mode or effective_mode(policy, namespace, ctx.namespace_labels)
+        decision.policies.append(policy.name)
+        decision.modes[policy.name] = mode
+        exempt = _exemption(obj, policy, ctx, mode, run, decision)
+        if mode == "dryrun":
+            scratch = _working_copy(mutated)
+            would = _mutate(_targets(scratch, kind, groups_in(scratch, touched), facts, policy, ctx, exempt))
+            decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
+            decision.dryrun_patch.extend(_diff(mutated, scratch))
+        else:
+            targets = _targets(mutated, kind, touched, facts, policy, ctx, exempt)
+            owners |= {t.placement_owner for t in targets if t.placement_owner}
+            decision.notes.extend(_mutate(targets))
+        for rule_id, action, target, f in _check(_targets(mutated, kind, groups, facts, policy, ctx, exempt), policy):
+            denies = mode == "enforce" and action == "deny" and target.group in touched
+            run.add(rule_id, policy.name, f.path, f.message, denies)
+
+    decision.info.extend(f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(owners))
+    for denies, v in run.findings.values():
+        (decision.violations if denies else decision.advisories).append(v)
+    decision.allowed = not decision.violations
+    decision.patch = _diff(obj, mutated)
+    decision.mutated = mutated
+    return decision
+
+
+def groups_in(obj: dict, wanted: list[Group]) -> list[Group]:
+    """The groups of ``obj`` (a copy) that are among ``wanted``."""
+    return [g for g in workloads.groups_of(obj) if g in wanted]

@@ -1,0 +1,50 @@
+"""anti-affinity: pod anti-affinity between the pods of one group on the policy's topology key
+(``kubernetes.io/hostname``), so one node failure takes at most one replica."""
+
+from __future__ import annotations
+
+from webhook.engine import podspec
+from webhook.engine.placement import shortage
+from webhook.engine.target import Target
+
+ID = "anti-affinity"
+
+
+def already_spread(t: Target, topology_key: str) -> bool:
+    """Whether the template already repels its own group on ``topology_key`` (required or preferred)."""
+    labels = t.labels
+    for required in (True, False):
+        for term in podspec.pod_affinity_terms(t.spec, "podAntiAffinity", required):
+            if term.get("topologyKey") == topology_key and podspec.term_selects(term, labels, t.namespace):
+                return True
+    return False
+
+
+def mutate(t: Target) -> str | None:
+    cfg = t.policy.mutate.antiAffinity
+    if cfg is None or not cfg.enabled or not t.group.selector:
+        return None
+    if t.group.replicas is not None and t.group.replicas < cfg.minReplicas:
+        return None
+    if already_spread(t, cfg.topologyKey):
+        return None
+    if cfg.topologyKey == podspec.HOSTNAME and podspec.pinned_host(t.spec):
+        return None  # pinned to one node (single-node-pinning judges it): required would strand the rest
+    term = {"labelSelector": t.group.selector, "topologyKey": cfg.topologyKey}
+    mode, why = cfg.mode, ""
+    if mode == "required" and t.group.replicas is None:
+        # a Pod whose workload was not mutated (created before spreadguard, or an unlisted controller):
+        # its group size is unknown, so required could leave pods Pending forever
+        mode, why = "preferred", " instead of required (group size unknown at the pod)"
+    elif mode == "required" and cfg.onShortage == "preferred":
+        short = shortage(t)
+        if short:
+            mode, why = "preferred", f" instead of required ({short})"
+    anti = podspec.path_to(t.template, "spec", "affinity", "podAntiAffinity")
+    if mode == "required":
+        podspec.child(anti, "requiredDuringSchedulingIgnoredDuringExecution", list).append(term)
+    else:
+        podspec.child(anti, "preferredDuringSchedulingIgnoredDuringExecution", list).append(
+            {"weight": cfg.weight, "podAffinityTerm": term}
+        )
+    return f"{t.describe}: {mode} anti-affinity on {cfg.topologyKey}{why}"

@@ -1,0 +1,189 @@
+"""What the cluster has, as the engine sees it: a read-only snapshot of nodes and namespaces.
+
+Built by the caches (webhook/caches.py) from list+watch, never fetched on the request path. Nodes
+are folded into *classes* (same labels but the hostname, same taints, same allocatable GPUs), so
+counting the nodes a pod template could use costs a few dozen checks on a 10,000-node cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.engine import podspec
+from webhook.engine.podspec import required_node_terms
+
+PER_NODE_LABELS = frozenset({"kubernetes.io/hostname"})
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    labels: dict[str, str]
+    taints: tuple[tuple[str, str, str], ...]  # (key, value, effect)
+    gpus: dict[str, int]  # allocatable, by resource name
+    unschedulable: bool = False
+
+
+@dataclass(frozen=True)
+class NodeClass:
+    labels: tuple[tuple[str, str], ...]  # shared labels (hostname removed)
+    taints: tuple[tuple[str, str, str], ...]
+    gpus: tuple[tuple[str, int], ...]
+    hostnames: tuple[str, ...]  # the hostname label of each member
+
+    @property
+    def count(self) -> int:
+        return len(self.hostnames)
+
+
+def node_from_api(node: dict[str, Any]) -> NodeInfo:
+    """A NodeInfo from a Node object as the API returns it (dict form)."""
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    status = node.get("status") or {}
+    taints = tuple(
+        (str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or ""))
+        for t in spec.get("taints") or []
+        if isinstance(t, dict)
+    )
+    gpus: dict[str, int] = {}
+    for name, qty in (status.get("allocatable") or {}).items():
+        if "gpu" in name:
+            try:
+                gpus[name] = int(float(str(qty)))
+            except ValueError:
+                continue
+    return NodeInfo(
+        str(meta.get("name") or ""), dict(meta.get("labels") or {}), taints, gpus, bool(spec.get("unschedulable"))
+    )
+
+
+# (hostname, shared labels, taints, allocatable GPUs, unschedulable): what classes are made of
+NodeRecord = tuple[
+    str, tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...], tuple[tuple[str, int], ...], bool
+]
+
+
+def record(n: NodeInfo) -> NodeRecord:
+    shared = tuple(sorted((k, v) for k, v in n.labels.items() if k not in PER_NODE_LABELS))
+    host = n.labels.get("kubernetes.io/hostname", n.name)
+    return host, shared, tuple(sorted(n.taints)), tuple(sorted(n.gpus.items())), n.unschedulable
+
+
+def classify_records(records: Iterable[NodeRecord]) -> tuple[NodeClass, ...]:
+    """Fold schedulable nodes into classes of identical scheduling properties."""
+    groups: dict[tuple, list[str]] = {}
+    for host, labels, taints, gpus, unschedulable in records:
+        if not unschedulable:
+            groups.setdefault((labels, taints, gpus), []).append(host)
+    return tuple(NodeClass(k[0], k[1], k[2], tuple(sorted(v))) for k, v in groups.items())
+
+
+def classify(nodes: Iterable[NodeInfo]) -> tuple[NodeClass, ...]:
+    return classify_records(record(n) for n in nodes)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """An immutable snapshot; the caches swap in a new one on every change."""
+
+    synced: bool = False
+    classes: tuple[NodeClass, ...] = ()
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    error: str = ""  # why the view is not synced, for the warning
+
+    @property
+    def node_count(self) -> int:
+        return sum(c.count for c in self.classes)
+
+
+def _expr_holds(expr: dict, labels: dict[str, str]) -> bool:
+    key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+    present = key in labels
+    if op == "In":
+        return present and labels[key] in values
+    if op == "NotIn":
+        return not present or labels[key] not in values
+    if op == "Exists":
+        return present
+    if op == "DoesNotExist":
+        return not present
+    if op in ("Gt", "Lt") and present and values:
+        try:
+            a, b = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return a > b if op == "Gt" else a < b
+    return False
+
+
+def _host_ok(term: dict, labels: dict[str, str]) -> bool:
+    return all(_expr_holds(e, labels) for e in term.get("matchExpressions") or [] if isinstance(e, dict)) and all(
+        e.get("key") != "metadata.name" or _expr_holds({**e, "key": "kubernetes.io/hostname"}, labels)
+        for e in term.get("matchFields") or []
+        if isinstance(e, dict)
+    )
+
+
+def _tolerated(tolerations: list[dict], key: str, value: str, effect: str) -> bool:
+    return any(podspec.tolerates(t, key, value, effect) for t in tolerations)
+
+
+def eligible_nodes(view: ClusterView, spec: dict, gpu_resources: list[str]) -> int:
+    """How many nodes a pod with ``spec`` could be scheduled on, by selectors, affinity, taints, GPUs.
+
+    Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
+    those tuples); the per-host loop only runs when the pod selects nodes by label.
+    """
+    selector = spec.get("nodeSelector") or {}
+    terms = required_node_terms(spec)
+    tolerations = podspec.tolerations(spec)
+    need = podspec.gpu_count(spec, gpu_resources)
+    taints_ok: dict[tuple, bool] = {}
+    gpus_ok: dict[tuple, bool] = {}
+    total = 0
+    for cls in view.classes:
+        if cls.taints not in taints_ok:
+            taints_ok[cls.taints] = not any(
+                effect in ("NoSchedule", "NoExecute") and not _tolerated(tolerations, key, value, effect)
+                for key, value, effect in cls.taints
+            )
+        if not taints_ok[cls.taints]:
+            continue
+        if cls.gpus not in gpus_ok:
+            gpus = dict(cls.gpus)
+            gpus_ok[cls.gpus] = not need or max((gpus.get(r, 0) for r in gpu_resources), default=0) >= need
+        if not gpus_ok[cls.gpus]:
+            continue
+        if not selector and not terms:
+            total += cls.count
+            continue
+        shared = dict(cls.labels)
+        for host in cls.hostnames:
+            labels = {**shared, "kubernetes.io/hostname": host}
+            if any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            if terms and not any(_host_ok(t, labels) for t in terms):
+                continue
+            total += 1
+    return total
+
+
+def shortage(t: Any) -> str | None:
+    """Why ``t``'s group cannot get one node per replica, from the cluster view; None when it can
+    (or when there is no synced view to tell)."""
+    view = t.context.cluster
+    if view is None or not view.synced or t.group.replicas is None or t.group.replicas < 2:
+        return None
+    cfg = t.policy.mutate.antiAffinity
+    if cfg is None or cfg.topologyKey != "kubernetes.io/hostname":
+        return None
+    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources)
+    if eligible >= t.group.replicas:
+        return None
+    owner = f"team {t.team} has" if t.team else "the cluster has"
+    return f"{t.group.replicas} replicas need {t.group.replicas} nodes; {owner} {eligible} eligible node" + (
+        "s" if eligible != 1 else ""
+    )

@@ -1,0 +1,26 @@
+"""wildcard-toleration: ``operator: Exists`` with no key on a GPU workload."""
+
+from __future__ import annotations
+
+from webhook.engine import podspec
+from webhook.engine.target import Finding, Target
+
+ID = "wildcard-toleration"
+DEFAULT_ACTION = "deny"
+
+
+def check(t: Target) -> list[Finding]:
+    if not t.gpu:
+        return []
+    out = []
+    for i, tol in enumerate(podspec.tolerations(t.spec)):
+        if not tol.get("key") and (tol.get("operator") or "Equal") == "Exists":
+            out.append(
+                Finding(
+                    t.path("spec", "tolerations", i),
+                    f"{t.describe} requests GPUs and tolerates every taint (operator: Exists with no key): it "
+                    "would land on nodes that GPU health checks tainted as failing and on every team's reserved "
+                    "nodes. Fix: tolerate the specific taint keys you need instead",
+                )
+            )
+    return out

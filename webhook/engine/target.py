@@ -1,0 +1,93 @@
+"""What a mutator or rule sees: one replica group of one object, under one policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from webhook.engine.placement import ClusterView
+from webhook.engine.podspec import pod_labels, spec_of
+from webhook.engine.workloads import PLACEMENT_OWNER_ANNOTATIONS, Group, Kind, format_path
+
+if TYPE_CHECKING:
+    from webhook.engine.policy import PolicySpec
+
+
+@dataclass(frozen=True)
+class Context:
+    """The admission request around an object (all optional for offline use)."""
+
+    operation: str = "CREATE"
+    namespace: str = ""
+    username: str = ""
+    groups: tuple[str, ...] = ()
+    dry_run: bool = False
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+    old_object: dict | None = None
+    cluster: ClusterView | None = None  # the caches' snapshot; None offline (spec-only decisions)
+    force_mode: str | None = None  # every policy in this mode (audit: "what would enforce do")
+
+
+@dataclass
+class Target:
+    """One group's pod template inside the (mutable copy of the) object."""
+
+    obj: dict
+    kind: Kind
+    group: Group
+    template: dict  # the pod template dict inside ``obj``: mutators edit it in place
+    workload_class: str
+    team: str | None
+    gpu: bool
+    policy_name: str
+    policy: PolicySpec
+    context: Context
+    exempt: frozenset[str] = frozenset()  # rule and mutator ids this object is exempted from
+
+    @property
+    def spec(self) -> dict:
+        return spec_of(self.template)
+
+    @property
+    def namespace(self) -> str:
+        return self.context.namespace or (self.obj.get("metadata") or {}).get("namespace") or ""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels the group's pods will carry (template labels and the controller's)."""
+        return pod_labels(self.template, self.group.selector)
+
+    def path(self, *steps: Any) -> str:
+        """Field path below this template, as users read it: ``spec.x.y[0]``."""
+        full = (*self.group.path, *steps)
+        return format_path(full) if full else "(object)"
+
+    @property
+    def placement_owner(self) -> str:
+        """The annotation by which JobSet or Kueue already decide this group's topology, or ""."""
+        for meta in (self.obj.get("metadata") or {}, self.template.get("metadata") or {}):
+            ann = meta.get("annotations") or {}
+            for key in PLACEMENT_OWNER_ANNOTATIONS:
+                if key in ann:
+                    return f"{key}={ann[key]}"
+        return ""
+
+    @property
+    def multi(self) -> bool:
+        """The group has more than one replica (known at admission)."""
+        return self.group.replicas is not None and self.group.replicas > 1
+
+    @property
+    def describe(self) -> str:
+        n = self.group.replicas
+        if n is None:
+            return f"group {self.group.name}"
+        return f"group {self.group.name} ({n} replica{'s' if n != 1 else ''})"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule's verdict on one field: where and why (the message says why it matters and the fix)."""
+
+    path: str
+    message: str
