@@ -19,14 +19,13 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES_DIR = REPO / "policies"
-FIXTURES_DIR = REPO.parent / "shared" / "fixtures" / "admission"
+# AdmissionReviews captured from a real kube-apiserver 1.36 (copied from ../shared/fixtures/admission)
+FIXTURES_DIR = REPO / "tests" / "data" / "admission"
 READY_TIMEOUT = 30.0
 
 
 def admission_fixture_files() -> list[Path]:
     """The captured AdmissionReview requests (``*-mutate.json`` / ``*-validate.json``), sorted."""
-    if not FIXTURES_DIR.is_dir():
-        return []
     return sorted(p for p in FIXTURES_DIR.glob("*.json") if p.name.endswith(("-mutate.json", "-validate.json")))
 
 
@@ -172,9 +171,8 @@ def server(tls_files: TLSFiles, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``../shared/fixtures/admission``: AdmissionReview requests captured from a real kube-apiserver."""
-    if not FIXTURES_DIR.is_dir():
-        pytest.skip(f"no admission fixtures at {FIXTURES_DIR}")
+    """``tests/data/admission``: AdmissionReview requests captured from a real kube-apiserver."""
+    assert FIXTURES_DIR.is_dir(), f"no admission fixtures at {FIXTURES_DIR}"
     return FIXTURES_DIR
 
 

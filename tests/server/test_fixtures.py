@@ -1,4 +1,4 @@
-"""The engine on AdmissionReviews captured from a real kube-apiserver v1.36 (../shared/fixtures).
+"""The engine on AdmissionReviews captured from a real kube-apiserver v1.36 (tests/data/admission).
 
 What they show: pods created by controllers arrive at the mutating hook with only
 ``generateName`` (005, 017, 046); ``userInfo`` of controllers is their service account; quantities
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import jsonpatch
 import pytest
+from conftest import FIXTURES_DIR, REPO  # noqa: E402
 
 from webhook.engine.policy import load_policies
 from webhook.server.review import review
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "admission"
+FIXTURES = FIXTURES_DIR
 POLICIES = load_policies(REPO / "policies")
 HOST = "kubernetes.io/hostname"
 TEAM_TOLERATION = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}

@@ -21,7 +21,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from webhook.certs import files as certs
 from webhook.certs.files import CertError, ensure_certs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cert(path: Path) -> x509.Certificate:

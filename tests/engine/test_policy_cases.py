@@ -11,7 +11,7 @@ from webhook.engine.cases import load_cases, load_resource, run_case
 from webhook.engine.policy import load_policies
 from webhook.engine.workloads import KINDS, kind_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CASES = load_cases(REPO / "policies" / "tests")
 POLICIES = load_policies(REPO / "policies")
 
