@@ -56,9 +56,12 @@ def _template(labels: dict, pinned: bool) -> dict:
 
 def _pdb(i: int) -> dict:
     """A PDB for the Deployment ``obj-{i}`` (3 replicas) with minAvailable 3: it blocks every eviction."""
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": {"name": f"pdb-{i}", "namespace": f"team-{i % 20}", "uid": f"pdb-{i}"},
-            "spec": {"minAvailable": 3, "selector": {"matchLabels": {"app": f"obj-{i}"}}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": f"pdb-{i}", "namespace": f"team-{i % 20}", "uid": f"pdb-{i}"},
+        "spec": {"minAvailable": 3, "selector": {"matchLabels": {"app": f"obj-{i}"}}},
+    }
 
 
 def _has_pdb(i: int) -> bool:
@@ -83,25 +86,58 @@ def generate(n: int, pdbs_first: bool = False) -> Iterator[dict]:
             pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [_container()]}}
             if slot % 2:
                 meta["labels"]["pod-template-hash"] = "5d4f"
-                meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"rs-{i}",
-                                            "uid": f"rs-{i}", "controller": True}]
+                meta["ownerReferences"] = [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": f"rs-{i}",
+                        "uid": f"rs-{i}",
+                        "controller": True,
+                    }
+                ]
             yield pod
         elif slot < 15:
-            yield {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-                   "spec": {"replicas": 3, "selector": {"matchLabels": {"app": name}},
-                            "template": _template({"app": name, **team}, pinned)}}
+            yield {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": meta,
+                "spec": {
+                    "replicas": 3,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": _template({"app": name, **team}, pinned),
+                },
+            }
         elif slot < 17:
-            yield {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": meta,
-                   "spec": {"pytorchReplicaSpecs": {
-                       "Master": {"replicas": 1, "template": _template(team, False)},
-                       "Worker": {"replicas": 8, "template": _template(team, pinned)}}}}
+            yield {
+                "apiVersion": "kubeflow.org/v1",
+                "kind": "PyTorchJob",
+                "metadata": meta,
+                "spec": {
+                    "pytorchReplicaSpecs": {
+                        "Master": {"replicas": 1, "template": _template(team, False)},
+                        "Worker": {"replicas": 8, "template": _template(team, pinned)},
+                    }
+                },
+            }
         elif slot == 17:
-            yield {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-                   "spec": {"parallelism": 4, "template": _template(team, pinned)}}
+            yield {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": meta,
+                "spec": {"parallelism": 4, "template": _template(team, pinned)},
+            }
         elif slot == 18:
-            yield {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
-                   "spec": {"replicas": 2, "serviceName": name, "selector": {"matchLabels": {"app": name}},
-                            "template": _template({"app": name, **team}, pinned)}}
+            yield {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": meta,
+                "spec": {
+                    "replicas": 2,
+                    "serviceName": name,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": _template({"app": name, **team}, pinned),
+                },
+            }
         else:
             yield {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"config.yaml": "lr: 0.001"}}
 
@@ -147,16 +183,30 @@ def child(mode: str, source: str, path: str, n: int) -> dict:
         summary = auditor.summary()
         writer.close(summary)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    objects = summary["resources"] + sum(summary["skipped"]["other kinds"].values()) + sum(
-        v for k, v in summary["skipped"].items() if k != "other kinds")
-    return {"objects": objects, "audited": summary["resources"], "denied": summary["denied"],
-            "pdbFindings": summary["byRule"].get("pdb-blocks-eviction", 0), "wall": wall,
-            "cpu": cpu, "rssMiB": _rss_mib(), "startRssMiB": base}
+    objects = (
+        summary["resources"]
+        + sum(summary["skipped"]["other kinds"].values())
+        + sum(v for k, v in summary["skipped"].items() if k != "other kinds")
+    )
+    return {
+        "objects": objects,
+        "audited": summary["resources"],
+        "denied": summary["denied"],
+        "pdbFindings": summary["byRule"].get("pdb-blocks-eviction", 0),
+        "wall": wall,
+        "cpu": cpu,
+        "rssMiB": _rss_mib(),
+        "startRssMiB": base,
+    }
 
 
 def run_child(mode: str, source: str, path: Path, n: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, "--source", source, "--path", str(path),
-                           "--objects", str(n)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--source", source, "--path", str(path), "--objects", str(n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"child {mode} failed ({done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout)
@@ -175,8 +225,10 @@ def main() -> int:
         print(json.dumps(child(args.child, args.source, args.path or "", args.objects)))
         return 0
 
-    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                    "runs": []}
+    report: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "runs": [],
+    }
     plan = [("file", args.objects), ("cluster", args.objects)] + ([("cluster", args.small)] if args.small else [])
     try:
         with tempfile.TemporaryDirectory(prefix="sg-audit-bench-") as tmp:
@@ -196,11 +248,15 @@ def main() -> int:
         return 0
     print(f"spreadguard audit benchmark ({report['machine']})")
     print(f"baseline RSS (imports + policies): {report['baselineRssMiB']} MiB")
-    print(f"{'source':<8} {'objects':>8} {'file MiB':>8} {'audited':>8} {'denied':>7} {'wall s':>7} {'cpu s':>7} "
-          f"{'PDB':>4} {'objects/s':>9} {'peak RSS MiB':>12}")
+    print(
+        f"{'source':<8} {'objects':>8} {'file MiB':>8} {'audited':>8} {'denied':>7} {'wall s':>7} {'cpu s':>7} "
+        f"{'PDB':>4} {'objects/s':>9} {'peak RSS MiB':>12}"
+    )
     for r in report["runs"]:
-        print(f"{r['source']:<8} {r['objects']:>8} {r['fileMiB']:>8} {r['audited']:>8} {r['denied']:>7} "
-              f"{r['wall']:>7.1f} {r['cpu']:>7.1f} {r['pdbFindings']:>4} {r['perSecond']:>9} {r['rssMiB']:>12.1f}")
+        print(
+            f"{r['source']:<8} {r['objects']:>8} {r['fileMiB']:>8} {r['audited']:>8} {r['denied']:>7} "
+            f"{r['wall']:>7.1f} {r['cpu']:>7.1f} {r['pdbFindings']:>4} {r['perSecond']:>9} {r['rssMiB']:>12.1f}"
+        )
     return 0
 
 

@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         if "no policies/" in problem:
             print(f"{problem}: delete it and its line in the kustomization's files:", file=sys.stderr)
     names = sorted(p.name for p in policy_files())
-    print(f"configMapGenerator files (base and dryrun overlay): {', '.join('policies/' + n for n in names)}",
-          file=sys.stderr)
+    print(
+        f"configMapGenerator files (base and dryrun overlay): {', '.join('policies/' + n for n in names)}",
+        file=sys.stderr,
+    )
     return 0
 
 

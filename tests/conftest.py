@@ -86,8 +86,9 @@ class Server:
         """POST ``body`` (bytes as is, anything else as JSON) to ``path``."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
-        return self.session.post(self.url + path, data=data, headers=headers, timeout=kwargs.pop("timeout", 30),
-                                 **kwargs)
+        return self.session.post(
+            self.url + path, data=data, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs
+        )
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.session.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
@@ -100,8 +101,14 @@ class Server:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     """A CA and a serving certificate for localhost/127.0.0.1, made with the real CLI."""
     out = tmp_path_factory.mktemp("certs")
-    done = subprocess.run(spreadguard("certs", "generate", "--out", str(out)), cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        spreadguard("certs", "generate", "--out", str(out)),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, f"certs generate failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     files = TLSFiles(dir=out, ca=out / "ca.crt", cert=out / "tls.crt", key=out / "tls.key")
     for path in (files.ca, files.cert, files.key):
@@ -128,10 +135,29 @@ def start_server(tls: TLSFiles, policies: Path, log: Path, *extra: str) -> Serve
         port = free_port()
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                spreadguard("serve", "--policies", str(policies), "--tls-cert", str(tls.cert), "--tls-key",
-                            str(tls.key), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
-                            "--cluster-cache", "off", *extra),  # tests that want a cluster view say so
-                cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                spreadguard(
+                    "serve",
+                    "--policies",
+                    str(policies),
+                    "--tls-cert",
+                    str(tls.cert),
+                    "--tls-key",
+                    str(tls.key),
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "2",
+                    "--threads",
+                    "4",
+                    "--cluster-cache",
+                    "off",
+                    *extra,
+                ),  # tests that want a cluster view say so
+                cwd=REPO,
+                env=subprocess_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         server = Server(url=f"https://127.0.0.1:{port}", ca=tls.ca, port=port, log=log, process=process)
         # trust_env off: REQUESTS_CA_BUNDLE (set on many machines) would otherwise override session.verify,
@@ -153,8 +179,10 @@ def start_server(tls: TLSFiles, policies: Path, log: Path, *extra: str) -> Serve
         text = server.log_text()
         if "in use" not in text:
             break
-    pytest.fail(f"spreadguard serve did not become ready within {READY_TIMEOUT:.0f} s "
-                f"(exit code {process.returncode}; last error: {last or 'none'}); its log:\n{text}")
+    pytest.fail(
+        f"spreadguard serve did not become ready within {READY_TIMEOUT:.0f} s "
+        f"(exit code {process.returncode}; last error: {last or 'none'}); its log:\n{text}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -208,8 +236,9 @@ def dedicated_server(tmp_path: Path) -> Iterator[Any]:
             stop(srv.process)
 
 
-def admission_review(obj: dict, uid: str, operation: str = "CREATE", namespace: str | None = None,
-                     user: str = "alice") -> dict:
+def admission_review(
+    obj: dict, uid: str, operation: str = "CREATE", namespace: str | None = None, user: str = "alice"
+) -> dict:
     """An AdmissionReview (``admission.k8s.io/v1``) request for ``obj``, as the API server would send it."""
     group, _, version = str(obj.get("apiVersion", "v1")).rpartition("/")
     meta = obj.get("metadata") or {}

@@ -115,8 +115,17 @@ def test_dryrun_policies_are_audited_as_enforce(tmp_path: Path, capsys: pytest.C
     assert {p.spec.mode for p in dry} == {"dryrun"}
     obj = load(EXAMPLES / "denied" / "single-node-pinning.yaml")
     assert evaluate(obj, Context(namespace="ml"), dry).allowed  # the deployed behaviour
-    code = main(["audit", "--policies", str(tmp_path), "-f", str(EXAMPLES / "denied" / "single-node-pinning.yaml"),
-                 "-o", "json"])
+    code = main(
+        [
+            "audit",
+            "--policies",
+            str(tmp_path),
+            "-f",
+            str(EXAMPLES / "denied" / "single-node-pinning.yaml"),
+            "-o",
+            "json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert code == 1 and result["allowed"] is False
     assert [v["rule"] for v in result["violations"]] == ["single-node-pinning"]
@@ -124,14 +133,16 @@ def test_dryrun_policies_are_audited_as_enforce(tmp_path: Path, capsys: pytest.C
     assert result["patch"], "what enforce would add is reported, not the dryrun nothing"
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")) + sorted((EXAMPLES / "denied").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(EXAMPLES.glob("*.yaml")) + sorted((EXAMPLES / "denied").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_results_are_the_engines_decisions(path: Path, policies: list) -> None:
     """No second implementation: verdict, violations, warnings and patch are exactly evaluate()'s."""
     obj = load(path)
     result = audit.Auditor(policies).audit(copy.deepcopy(obj), f"{path}:1")
-    decision = evaluate(obj, Context(operation="CREATE", namespace=obj["metadata"].get("namespace", ""),
-                                     force_mode="enforce"), policies)
+    decision = evaluate(
+        obj, Context(operation="CREATE", namespace=obj["metadata"].get("namespace", ""), force_mode="enforce"), policies
+    )
     assert result.allowed == decision.allowed
     assert result.violations == decision.violations
     assert result.advisories == decision.advisories
@@ -140,8 +151,11 @@ def test_results_are_the_engines_decisions(path: Path, policies: list) -> None:
 
 
 def test_namespace_team_label_feeds_the_engine(policies: list) -> None:
-    ns = {"apiVersion": "v1", "kind": "Namespace",
-          "metadata": {"name": "nlp", "labels": {"spreadguard.io/team": "nlp"}}}
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "nlp", "labels": {"spreadguard.io/team": "nlp"}},
+    }
     job = load(EXAMPLES / "job.yaml")
     job["metadata"]["namespace"] = "nlp"
     for labels in (job["metadata"].get("labels") or {}, job["spec"]["template"]["metadata"].get("labels") or {}):
@@ -171,8 +185,9 @@ def blast_of(policies: list, path: Path, zones: int = 3) -> dict[str, audit.Blas
         ("denied/self-colocation.yaml", "pods", 3, 3, 1.0),
     ],
 )
-def test_blast_radius_of_examples(policies: list, example: str, group: str, replicas: int, per_node: int | None,
-                                  node_loss: float) -> None:
+def test_blast_radius_of_examples(
+    policies: list, example: str, group: str, replicas: int, per_node: int | None, node_loss: float
+) -> None:
     b = blast_of(policies, EXAMPLES / example)[group]
     assert (b.replicas, b.per_node) == (replicas, per_node)
     assert b.node_share == pytest.approx(node_loss)
@@ -192,32 +207,55 @@ def test_blast_radius_phrasing(policies: list) -> None:
 def _deployment(replicas: int, spec_extra: dict) -> dict:
     labels = {"app": "svc"}
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "svc", "namespace": "web"},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels},
-                              "spec": {"containers": [{"name": "c", "image": "x"}], **spec_extra}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "svc", "namespace": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "x"}], **spec_extra},
+            },
+        },
     }
 
 
 def test_blast_radius_topology_spread_bounds() -> None:
     sel = {"matchLabels": {"app": "svc"}}
-    zone = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
-            "labelSelector": sel}
-    host = {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
-            "labelSelector": sel}
+    zone = {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": sel,
+    }
+    host = {
+        "maxSkew": 2,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": sel,
+    }
     [b] = audit.blast_radius(_deployment(8, {"topologySpreadConstraints": [zone, host]}), zones=3)
     assert (b.per_node, b.per_zone) == (2, 3)  # 8 over 3 zones with skew 1: 3/3/2
-    assert b.text() == ("pods: 8 replicas, at most 2 per node: one node failure loses 25%; "
-                        "at most 3 per zone: one zone failure loses 37.5%")
+    assert b.text() == (
+        "pods: 8 replicas, at most 2 per node: one node failure loses 25%; "
+        "at most 3 per zone: one zone failure loses 37.5%"
+    )
     [b] = audit.blast_radius(_deployment(8, {"topologySpreadConstraints": [{**zone, "minDomains": 5}]}), zones=3)
     assert b.per_zone == 1  # fewer zones than minDomains: the global minimum counts as 0
-    [b] = audit.blast_radius(_deployment(8, {"topologySpreadConstraints": [{**zone, "whenUnsatisfiable":
-                                                                             "ScheduleAnyway"}]}))
+    [b] = audit.blast_radius(
+        _deployment(8, {"topologySpreadConstraints": [{**zone, "whenUnsatisfiable": "ScheduleAnyway"}]})
+    )
     assert (b.per_node, b.per_zone) == (None, None)
     [b] = audit.blast_radius(_deployment(6, {"nodeSelector": {"topology.kubernetes.io/zone": "eu-1a"}}))
     assert b.per_zone == 6 and b.zone_text() == "all in one zone (pinned to zone eu-1a)"
-    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": sel, "topologyKey": "topology.kubernetes.io/zone"}]}}
+    anti = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": sel, "topologyKey": "topology.kubernetes.io/zone"}
+            ]
+        }
+    }
     [b] = audit.blast_radius(_deployment(3, {"affinity": anti}))
     assert (b.per_node, b.per_zone) == (1, 1)
 
@@ -258,14 +296,28 @@ def test_pdb_selector_semantics() -> None:
 def test_children_of_audited_workloads_and_per_node_pods_are_skipped(policies: list) -> None:
     dep = load(EXAMPLES / "deployment.yaml")
     dep["metadata"]["uid"] = "dep-1"
-    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-          "metadata": {"name": "rs", "namespace": "ml", "uid": "rs-1",
-                       "ownerReferences": [{"kind": "Deployment", "name": "x", "uid": "dep-1", "controller": True}]},
-          "spec": copy.deepcopy(dep["spec"])}
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "p", "namespace": "ml", "labels": dep["spec"]["template"]["metadata"]["labels"],
-                        "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "uid": "rs-1", "controller": True}]},
-           "spec": dep["spec"]["template"]["spec"]}
+    rs = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "rs",
+            "namespace": "ml",
+            "uid": "rs-1",
+            "ownerReferences": [{"kind": "Deployment", "name": "x", "uid": "dep-1", "controller": True}],
+        },
+        "spec": copy.deepcopy(dep["spec"]),
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "p",
+            "namespace": "ml",
+            "labels": dep["spec"]["template"]["metadata"]["labels"],
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "uid": "rs-1", "controller": True}],
+        },
+        "spec": dep["spec"]["template"]["spec"],
+    }
     ds_pod = copy.deepcopy(pod)
     ds_pod["metadata"]["ownerReferences"] = [{"kind": "DaemonSet", "name": "d", "uid": "ds-1", "controller": True}]
     orphan = copy.deepcopy(pod)
@@ -381,14 +433,19 @@ def test_policyreport_validates_against_the_crd_schema(capsys: pytest.CaptureFix
     for doc in docs:
         errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
         assert not errors, [f"{list(e.path)}: {e.message}" for e in errors[:5]]
-        assert doc["summary"] == {k: sum(r["result"] == k for r in doc["results"])
-                                  for k in ("pass", "fail", "warn", "error", "skip")}
+        assert doc["summary"] == {
+            k: sum(r["result"] == k for r in doc["results"]) for k in ("pass", "fail", "warn", "error", "skip")
+        }
     kinds = [(d["kind"], d["metadata"].get("namespace")) for d in docs]
     assert kinds == [("PolicyReport", "ml"), ("PolicyReport", "web"), ("ClusterPolicyReport", None)]
     ml = docs[0]
     fails = {(r["rule"], r["resources"][0]["name"]) for r in ml["results"] if r["result"] == "fail"}
-    assert fails == {("single-node-pinning", "bert-pinned"), ("self-colocation", "llama-8b-colocated"),
-                     ("foreign-team-toleration", "borrow-nlp-gpus"), ("wildcard-toleration", "pretrain-anywhere")}
+    assert fails == {
+        ("single-node-pinning", "bert-pinned"),
+        ("self-colocation", "llama-8b-colocated"),
+        ("foreign-team-toleration", "borrow-nlp-gpus"),
+        ("wildcard-toleration", "pretrain-anywhere"),
+    }
     assert all(r["source"] == "spreadguard" for d in docs for r in d["results"])
     assert any("blastRadius" in r.get("properties", {}) for r in ml["results"])
     cluster = docs[2]["results"]
@@ -420,7 +477,11 @@ def test_junit_output(capsys: pytest.CaptureFixture) -> None:
     failed = [c for c in cases if c.find("failure") is not None]
     assert len(failed) == int(suite.get("failures")) == 4
     assert {c.find("failure").get("type") for c in failed} == {
-        "single-node-pinning", "self-colocation", "foreign-team-toleration", "wildcard-toleration"}
+        "single-node-pinning",
+        "self-colocation",
+        "foreign-team-toleration",
+        "wildcard-toleration",
+    }
     assert code == 1
     code, out, _ = run(capsys, *args, "--fail-on", "warnings")
     suite = ET.fromstring(out).find("testsuite")
@@ -499,12 +560,23 @@ def test_kubectl_kustomize_pipeline(tmp_path: Path) -> None:
         shutil.copy(EXAMPLES / name, tmp_path / name)
     shutil.copy(EXAMPLES / "denied" / "single-node-pinning.yaml", tmp_path / "pinned.yaml")
     (tmp_path / "kustomization.yaml").write_text(
-        "resources: [pytorchjob.yaml, deployment.yaml, pinned.yaml]\ncommonLabels: {env: prod}\n")
+        "resources: [pytorchjob.yaml, deployment.yaml, pinned.yaml]\ncommonLabels: {env: prod}\n"
+    )
     rendered = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
-    done = subprocess.run(spreadguard("audit", "--policies", str(POLICIES), "-f", "-", "-o", "json"), cwd=REPO,
-                          input=rendered.stdout, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        spreadguard("audit", "--policies", str(POLICIES), "-f", "-", "-o", "json"),
+        cwd=REPO,
+        input=rendered.stdout,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     assert {r["resource"]["name"]: r["allowed"] for r in report["results"]} == {
-        "vit-pretrain": True, "llama-8b-serving": True, "bert-pinned": False}
+        "vit-pretrain": True,
+        "llama-8b-serving": True,
+        "bert-pinned": False,
+    }

@@ -45,17 +45,25 @@ TOKEN = "audit-token"
 
 def _example(name: str, uid: str, namespace: str = "ml") -> dict:
     obj = yaml.safe_load((EXAMPLES / name).read_text())
-    obj["metadata"].update(namespace=namespace, uid=uid, resourceVersion="1",
-                           managedFields=[{"manager": "kubectl", "operation": "Apply"}])
+    obj["metadata"].update(
+        namespace=namespace, uid=uid, resourceVersion="1", managedFields=[{"manager": "kubectl", "operation": "Apply"}]
+    )
     return obj
 
 
 def _owned_pod(name: str, owner_kind: str, owner_uid: str, labels: dict, namespace: str = "ml") -> dict:
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": labels,
-                     "ownerReferences": [{"apiVersion": "x", "kind": owner_kind, "name": "o", "uid": owner_uid,
-                                          "controller": True}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{name}",
+            "labels": labels,
+            "ownerReferences": [
+                {"apiVersion": "x", "kind": owner_kind, "name": "o", "uid": owner_uid, "controller": True}
+            ],
+        },
         "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 1}}}]},
     }
 
@@ -64,27 +72,45 @@ def cluster_objects() -> dict[tuple[str, str, str], list[dict]]:
     """(group/version, plural, namespace) -> objects, as a small but complete cluster holds them."""
     serving = _example("deployment.yaml", "dep-1")
     labels = serving["spec"]["template"]["metadata"]["labels"]
-    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-          "metadata": {"name": "llama-8b-serving-5d4f", "namespace": "ml", "uid": "rs-1",
-                       "ownerReferences": [{"kind": "Deployment", "name": "llama-8b-serving", "uid": "dep-1",
-                                            "controller": True}]},
-          "spec": copy.deepcopy(serving["spec"])}
+    rs = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "llama-8b-serving-5d4f",
+            "namespace": "ml",
+            "uid": "rs-1",
+            "ownerReferences": [{"kind": "Deployment", "name": "llama-8b-serving", "uid": "dep-1", "controller": True}],
+        },
+        "spec": copy.deepcopy(serving["spec"]),
+    }
     pinned = _example("denied/single-node-pinning.yaml", "pj-1")
     pods = [_owned_pod(f"llama-{i}", "ReplicaSet", "rs-1", labels) for i in range(5)]
-    pods += [_owned_pod(f"bert-worker-{i}", "PyTorchJob", "pj-1",
-                        {"training.kubeflow.org/job-name": "bert-pinned",
-                         "training.kubeflow.org/replica-type": "worker"}) for i in range(4)]
+    pods += [
+        _owned_pod(
+            f"bert-worker-{i}",
+            "PyTorchJob",
+            "pj-1",
+            {"training.kubeflow.org/job-name": "bert-pinned", "training.kubeflow.org/replica-type": "worker"},
+        )
+        for i in range(4)
+    ]
     pods.append(_owned_pod("nvidia-dcgm-x", "DaemonSet", "ds-1", {"app": "dcgm"}))
     lone = _example("pod.yaml", "pod-1")
     pods.append(lone)
-    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-           "metadata": {"name": "llama-pdb", "namespace": "ml", "uid": "pdb-1"},
-           "spec": {"minAvailable": 3, "selector": {"matchLabels": labels}}}
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "llama-pdb", "namespace": "ml", "uid": "pdb-1"},
+        "spec": {"minAvailable": 3, "selector": {"matchLabels": labels}},
+    }
     other = _example("statefulset.yaml", "sts-1", namespace="team-b")
     return {
         ("v1", "namespaces", ""): [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml", "labels": {"spreadguard.io/team":
-                                                                                           "vision"}}},
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": "ml", "labels": {"spreadguard.io/team": "vision"}},
+            },
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}},
         ],
         ("apps/v1", "deployments", "ml"): [serving],
@@ -110,7 +136,9 @@ class FakeAPI:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     GROUPS = {  # what /apis advertises
-        "apps": ["v1"], "batch": ["v1"], "policy": ["v1"],
+        "apps": ["v1"],
+        "batch": ["v1"],
+        "policy": ["v1"],
         "kubeflow.org": ["v1"],
         "jobset.x-k8s.io": ["v1alpha2"],  # advertised, but its discovery answers 404 (CRD deleted)
     }
@@ -125,8 +153,15 @@ class FakeAPI:
 
 
 def _status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -168,45 +203,66 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
         api = self.api
         if path == "/api":
-            return 200, {"kind": "APIVersions", "versions": ["v1"],
-                         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+            return 200, {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+            }
         if path == "/apis":
-            groups = [{"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
-                       "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
-                      for g, vs in api.GROUPS.items()]
+            groups = [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                    "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]},
+                }
+                for g, vs in api.GROUPS.items()
+            ]
             return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
         m = re.fullmatch(r"/apis/([^/]+)/([^/]+)", path)
         if m:
             gv = f"{m[1]}/{m[2]}"
             if gv not in api.RESOURCES:
                 return 404, _status(404, "NotFound", "the server could not find the requested resource")
-            return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
-                {"name": r, "singularName": r[:-1], "namespaced": True, "kind": r, "verbs": ["get", "list"]}
-                for r in api.RESOURCES[gv]]}
+            return 200, {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": gv,
+                "resources": [
+                    {"name": r, "singularName": r[:-1], "namespaced": True, "kind": r, "verbs": ["get", "list"]}
+                    for r in api.RESOURCES[gv]
+                ],
+            }
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
         if m:
             found = [n for n in api.list("v1", "namespaces", None) if n["metadata"]["name"] == m[1]]
             return (200, found[0]) if found else (404, _status(404, "NotFound", f'namespaces "{m[1]}" not found'))
         m = re.fullmatch(r"/api/(v1)(?:/namespaces/([^/]+))?/([^/]+)", path) or re.fullmatch(
-            r"/apis/([^/]+/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)", path)
+            r"/apis/([^/]+/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)", path
+        )
         if not m:
             return 404, _status(404, "NotFound", "the server could not find the requested resource")
         gv, namespace, plural = m[1], m[2], m[3]
         if plural in api.forbidden:
             where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
-            return 403, _status(403, "Forbidden", f'{plural} is forbidden: User "audit" cannot list resource '
-                                                  f'"{plural}" in API group "{gv.split("/")[0]}" {where}')
+            return 403, _status(
+                403,
+                "Forbidden",
+                f'{plural} is forbidden: User "audit" cannot list resource '
+                f'"{plural}" in API group "{gv.split("/")[0]}" {where}',
+            )
         items = api.list(gv, plural, namespace)
         limit = int(query.get("limit", ["0"])[0]) or len(items) or 1
         token = query.get("continue", [""])[0]
         start = int(base64.b64decode(token).decode()) if token else 0
-        page = copy.deepcopy(items[start:start + limit])
+        page = copy.deepcopy(items[start : start + limit])
         for item in page:  # list items carry no kind/apiVersion, as a real API server sends them
             item.pop("kind", None)
             item.pop("apiVersion", None)
         more = start + limit < len(items)
-        meta = {"resourceVersion": "100", **({"continue": base64.b64encode(str(start + limit).encode()).decode()}
-                                             if more else {})}
+        meta = {
+            "resourceVersion": "100",
+            **({"continue": base64.b64encode(str(start + limit).encode()).decode()} if more else {}),
+        }
         return 200, {"kind": f"{plural.capitalize()}List", "apiVersion": gv, "metadata": meta, "items": page}
 
 
@@ -222,7 +278,9 @@ class Double:
 
 def write_kubeconfig(path: Path, url: str, ca: Path, token: str = TOKEN) -> Path:
     cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
         "clusters": [{"name": "double", "cluster": {"server": url, "certificate-authority": str(ca)}}],
         "users": [{"name": "auditor", "user": {"token": token}}, {"name": "stranger", "user": {"token": "wrong"}}],
         "contexts": [
@@ -277,9 +335,13 @@ def test_scan_of_one_namespace(double: Double, capsys: pytest.CaptureFixture) ->
     report = json.loads(out)
     results = {(r["resource"]["kind"], r["resource"]["name"]): r for r in report["results"]}
     # the workloads and the lone pod are audited; what their controllers made is not audited twice
-    assert set(results) == {("Deployment", "llama-8b-serving"), ("PyTorchJob", "bert-pinned"),
-                            ("PyTorchJob", "vit-pretrain"), ("Pod", "cuda-smoke-test"),
-                            ("PodDisruptionBudget", "llama-pdb")}
+    assert set(results) == {
+        ("Deployment", "llama-8b-serving"),
+        ("PyTorchJob", "bert-pinned"),
+        ("PyTorchJob", "vit-pretrain"),
+        ("Pod", "cuda-smoke-test"),
+        ("PodDisruptionBudget", "llama-pdb"),
+    }
     assert all(r["source"] == "cluster" for r in report["results"])
     assert results[("PyTorchJob", "bert-pinned")]["allowed"] is False
     assert results[("PyTorchJob", "bert-pinned")]["violations"][0]["rule"] == "single-node-pinning"
@@ -293,12 +355,16 @@ def test_scan_of_one_namespace(double: Double, capsys: pytest.CaptureFixture) ->
     assert skipped["per-node pod (DaemonSet or static)"] == 1
     # the 403 is named (verb, resource, namespace), the rest is still audited, and the exit code says so
     assert "spreadguard: cluster: forbidden: cannot list tfjobs.kubeflow.org in namespace ml" in err
-    assert report["errors"] == [{"source": "cluster",
-                                 "message": "forbidden: cannot list tfjobs.kubeflow.org in namespace ml"}]
+    assert report["errors"] == [
+        {"source": "cluster", "message": "forbidden: cannot list tfjobs.kubeflow.org in namespace ml"}
+    ]
     assert code == 2
     notes = report["summary"]["notes"]
-    for kind in ("MPIJob (mpijobs.kubeflow.org)", "JobSet (jobsets.jobset.x-k8s.io)",
-                 "RayCluster (rayclusters.ray.io)"):
+    for kind in (
+        "MPIJob (mpijobs.kubeflow.org)",
+        "JobSet (jobsets.jobset.x-k8s.io)",
+        "RayCluster (rayclusters.ray.io)",
+    ):
         assert f"{kind} is not served by this cluster: skipped" in notes
     assert "\r" not in err  # stderr is not a terminal: no progress line
 
@@ -332,13 +398,16 @@ def test_context_namespace_and_policyreport(double: Double, capsys: pytest.Captu
     for doc in docs:
         assert not list(validator.iter_errors(doc))
     assert [(d["kind"], d["metadata"].get("namespace")) for d in docs] == [
-        ("PolicyReport", "team-b"), ("ClusterPolicyReport", None)]
+        ("PolicyReport", "team-b"),
+        ("ClusterPolicyReport", None),
+    ]
     assert {r["resources"][0]["name"] for r in docs[0]["results"]} == {"triton-vision"}
     assert docs[0]["results"][0]["resources"][0]["uid"] == "sts-1"
     cluster_results = docs[1]["results"]
     assert {r["result"] for r in cluster_results} == {"error", "skip"}  # the 403 and the CRDs not served
-    assert any("forbidden: cannot list tfjobs.kubeflow.org in namespace team-b" in r["message"]
-               for r in cluster_results)
+    assert any(
+        "forbidden: cannot list tfjobs.kubeflow.org in namespace team-b" in r["message"] for r in cluster_results
+    )
     assert code == 2
 
 
@@ -362,8 +431,9 @@ def test_table_and_junit_from_a_cluster(double: Double, capsys: pytest.CaptureFi
         (["--context", "stranger"], "unauthorized: the API server at https://127.0.0.1:"),
     ],
 )
-def test_config_errors_are_one_line(double: Double, capsys: pytest.CaptureFixture, args: list[str],
-                                    message: str) -> None:
+def test_config_errors_are_one_line(
+    double: Double, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
     code, out, err = audit_cluster(capsys, double, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
@@ -393,8 +463,9 @@ def test_untrusted_server_certificate(double: Double, tmp_path: Path, capsys: py
     assert "cannot reach the API server" in err and "CERTIFICATE_VERIFY_FAILED" in err, err
 
 
-def test_no_cluster(tmp_path: Path, tls_files: TLSFiles, capsys: pytest.CaptureFixture,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_cluster(
+    tmp_path: Path, tls_files: TLSFiles, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
         monkeypatch.delenv(var, raising=False)
     port = free_port()  # nothing listens there: connection refused

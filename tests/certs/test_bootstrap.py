@@ -52,8 +52,16 @@ KINDS = {
 
 def status(code: int, reason: str, message: str, name: str = "", kind: str = "") -> dict:
     """A ``metav1.Status`` as kube-apiserver sends it with an error."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "details": {"name": name, "kind": kind}, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"name": name, "kind": kind},
+        "code": code,
+    }
 
 
 def strategic_merge(target: Any, patch: Any, list_keys: dict[str, str]) -> Any:
@@ -175,8 +183,14 @@ class FakeAPIServer:
             user = "system:serviceaccount:spreadguard:spreadguard"
             where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
             target = f'{resource} "{name}"' if name else resource
-            return 403, status(403, "Forbidden", f'{target} is forbidden: User "{user}" cannot {verb} resource '
-                                                 f'"{resource}" in API group "{group}"{where}', name or "", resource)
+            return 403, status(
+                403,
+                "Forbidden",
+                f'{target} is forbidden: User "{user}" cannot {verb} resource '
+                f'"{resource}" in API group "{group}"{where}',
+                name or "",
+                resource,
+            )
         if verb == "create":
             name = body["metadata"]["name"]
             if (resource, namespace, name) in self.objects:
@@ -192,9 +206,15 @@ class FakeAPIServer:
         if verb == "update":
             sent = (body.get("metadata") or {}).get("resourceVersion")
             if sent != current["metadata"]["resourceVersion"]:
-                return 409, status(409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}": the '
-                                                    "object has been modified; please apply your changes to the "
-                                                    "latest version and try again", name, resource)
+                return 409, status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource} "{name}": the '
+                    "object has been modified; please apply your changes to the "
+                    "latest version and try again",
+                    name,
+                    resource,
+                )
             body["metadata"]["uid"] = current["metadata"]["uid"]
             return 200, self.put(resource, body)
         if verb == "patch":
@@ -206,8 +226,13 @@ class FakeAPIServer:
                 patched = strategic_merge(current, body, {})
             sent = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
             if sent is not None and sent != current["metadata"]["resourceVersion"]:
-                return 409, status(409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}": the '
-                                                    "object has been modified", name, resource)
+                return 409, status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified',
+                    name,
+                    resource,
+                )
             return 200, self.put(resource, patched)
         return 405, status(405, "MethodNotAllowed", f"{method} is not supported here")
 
@@ -223,18 +248,29 @@ def rendered_webhook_configurations() -> list[dict]:
 @functools.cache
 def _rendered_webhook_configurations() -> list[dict]:
     if shutil.which("kubectl"):
-        done = subprocess.run(["kubectl", "kustomize", str(REPO / "manifests")], capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            ["kubectl", "kustomize", str(REPO / "manifests")], capture_output=True, text=True, timeout=120
+        )
         if done.returncode == 0:
             docs = [d for d in yaml.safe_load_all(done.stdout) if d]
             found = [d for d in docs if d.get("kind") in KINDS.values()]
             if len(found) == 2:
                 return found
     return [
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": HOOK},
-         "webhooks": [{"name": f"{part}.spreadguard.io", "sideEffects": "None", "admissionReviewVersions": ["v1"],
-                       "clientConfig": {"service": {"namespace": NS, "name": SERVICE, "path": "/x", "port": 443}}}
-                      for part in ("workloads", "pods")]}
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": kind,
+            "metadata": {"name": HOOK},
+            "webhooks": [
+                {
+                    "name": f"{part}.spreadguard.io",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "clientConfig": {"service": {"namespace": NS, "name": SERVICE, "path": "/x", "port": 443}},
+                }
+                for part in ("workloads", "pods")
+            ],
+        }
         for kind in KINDS.values()
     ]
 
@@ -259,12 +295,20 @@ def api(api_tls: certs.CertResult) -> Iterator[FakeAPIServer]:
 def kubeconfig(api: FakeAPIServer, api_tls: certs.CertResult, tmp_path: Path) -> Path:
     """A kubeconfig for the double: its CA, a bearer token."""
     path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": api.url, "certificate-authority": str(api_tls.ca_path)}}],
-        "users": [{"name": "bootstrap", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "bootstrap", "namespace": NS}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [
+                    {"name": "fake", "cluster": {"server": api.url, "certificate-authority": str(api_tls.ca_path)}}
+                ],
+                "users": [{"name": "bootstrap", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "bootstrap", "namespace": NS}}],
+            }
+        )
+    )
     return path
 
 
@@ -296,11 +340,18 @@ def cert(pem: bytes) -> x509.Certificate:
 def make_secret(directory: Path, days: int, renew_ca: bool = False) -> dict:
     """A Secret as bootstrap would have written it, with a serving certificate valid for ``days``."""
     result = certs.ensure_certs(directory, dns=bootstrap.service_dns_names(SERVICE, NS), days=days)
-    data = {name: base64.b64encode((directory / name).read_bytes()).decode()
-            for name in (certs.CA_CERT, certs.CA_KEY, certs.TLS_CERT, certs.TLS_KEY)}
+    data = {
+        name: base64.b64encode((directory / name).read_bytes()).decode()
+        for name in (certs.CA_CERT, certs.CA_KEY, certs.TLS_CERT, certs.TLS_KEY)
+    }
     assert result.action == "created"
-    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": SECRET, "namespace": NS}, "data": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": SECRET, "namespace": NS},
+        "data": data,
+    }
 
 
 # --- tests --------------------------------------------------------------------------------------------------------
@@ -317,10 +368,15 @@ def test_creates_the_secret_and_patches_every_ca_bundle(api: FakeAPIServer, kube
     assert set(files) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
     serving, ca = cert(files["tls.crt"]), cert(files["ca.crt"])
     serving.verify_directly_issued_by(ca)
-    sans = set(serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-               .get_values_for_type(x509.DNSName))
-    assert {"spreadguard", "spreadguard.spreadguard", "spreadguard.spreadguard.svc",
-            "spreadguard.spreadguard.svc.cluster.local"} <= sans
+    sans = set(
+        serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    )
+    assert {
+        "spreadguard",
+        "spreadguard.spreadguard",
+        "spreadguard.spreadguard.svc",
+        "spreadguard.spreadguard.svc.cluster.local",
+    } <= sans
     key = serialization.load_pem_private_key(files["tls.key"], None)
     assert key.public_key() == serving.public_key()
     assert serving.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=360)
@@ -332,8 +388,10 @@ def test_creates_the_secret_and_patches_every_ca_bundle(api: FakeAPIServer, kube
         ("PATCH", f"{ADMISSION}mutatingwebhookconfigurations/{HOOK}"),
         ("PATCH", f"{ADMISSION}validatingwebhookconfigurations/{HOOK}"),
     ]
-    assert result.webhooks == [("MutatingWebhookConfiguration", HOOK, "patched"),
-                               ("ValidatingWebhookConfiguration", HOOK, "patched")]
+    assert result.webhooks == [
+        ("MutatingWebhookConfiguration", HOOK, "patched"),
+        ("ValidatingWebhookConfiguration", HOOK, "patched"),
+    ]
     # the rest of the configurations is untouched by the patch
     for obj in rendered_webhook_configurations():
         stored = api.get(obj["kind"].lower() + "s", HOOK)
@@ -348,8 +406,10 @@ def test_second_run_writes_nothing(api: FakeAPIServer, kubeconfig: Path) -> None
     writes = len(api.writes())
     second = run(kubeconfig)
     assert second.secret_action == "kept"
-    assert second.webhooks == [("MutatingWebhookConfiguration", HOOK, "unchanged"),
-                               ("ValidatingWebhookConfiguration", HOOK, "unchanged")]
+    assert second.webhooks == [
+        ("MutatingWebhookConfiguration", HOOK, "unchanged"),
+        ("ValidatingWebhookConfiguration", HOOK, "unchanged"),
+    ]
     assert len(api.writes()) == writes, f"the second run wrote: {api.writes()[writes:]}"
     assert (api.get("secrets", SECRET, NS), ca_bundles(api)) == before
     assert second.ca_bundle == first.ca_bundle
@@ -390,7 +450,8 @@ def test_renewal_keeps_the_ca_bundle_untouched(api: FakeAPIServer, kubeconfig: P
     assert secret["metadata"]["labels"]["team"] == "platform", "an update keeps what others put on the Secret"
     assert secret_files(api)["note"] == b"added by someone else"
     assert secret["metadata"]["annotations"]["spreadguard.io/not-after"].startswith(
-        f"{result.not_after:%Y-%m-%dT%H:%M}")
+        f"{result.not_after:%Y-%m-%dT%H:%M}"
+    )
 
 
 def test_a_good_secret_without_the_ca_key_is_kept_until_renewal(
@@ -511,8 +572,22 @@ def test_forbidden_names_verb_and_resource_and_exits_2(
     api: FakeAPIServer, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     api.forbidden.add(("create", "secrets"))
-    code = cli_main(["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET,
-                     "--webhook", HOOK, "--kubeconfig", str(kubeconfig)])
+    code = cli_main(
+        [
+            "certs",
+            "bootstrap",
+            "--namespace",
+            NS,
+            "--service",
+            SERVICE,
+            "--secret",
+            SECRET,
+            "--webhook",
+            HOOK,
+            "--kubeconfig",
+            str(kubeconfig),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1, err
@@ -520,8 +595,22 @@ def test_forbidden_names_verb_and_resource_and_exits_2(
     assert "rbac.yaml" in err
 
     api.forbidden = {("patch", "validatingwebhookconfigurations")}
-    code = cli_main(["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET,
-                     "--webhook", HOOK, "--kubeconfig", str(kubeconfig)])
+    code = cli_main(
+        [
+            "certs",
+            "bootstrap",
+            "--namespace",
+            NS,
+            "--service",
+            SERVICE,
+            "--secret",
+            SECRET,
+            "--webhook",
+            HOOK,
+            "--kubeconfig",
+            str(kubeconfig),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot patch validatingwebhookconfigurations.admissionregistration.k8s.io 'spreadguard'" in err
@@ -530,8 +619,26 @@ def test_forbidden_names_verb_and_resource_and_exits_2(
 def test_cli_success_prints_one_summary_line(
     api: FakeAPIServer, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli_main(["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET,
-                     "--webhook", HOOK, "--kubeconfig", str(kubeconfig), "--days", "90", "--renew-before", "10"])
+    code = cli_main(
+        [
+            "certs",
+            "bootstrap",
+            "--namespace",
+            NS,
+            "--service",
+            SERVICE,
+            "--secret",
+            SECRET,
+            "--webhook",
+            HOOK,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--days",
+            "90",
+            "--renew-before",
+            "10",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.err.count("\n") == 1 and "Secret spreadguard/spreadguard-tls: created" in captured.err
@@ -541,22 +648,37 @@ def test_cli_success_prints_one_summary_line(
 
 
 def test_missing_webhook_configuration_is_an_error(api: FakeAPIServer, kubeconfig: Path) -> None:
-    with pytest.raises(BootstrapError, match="no MutatingWebhookConfiguration or ValidatingWebhookConfiguration "
-                                             "named 'other'") as err:
+    with pytest.raises(
+        BootstrapError, match="no MutatingWebhookConfiguration or ValidatingWebhookConfiguration named 'other'"
+    ) as err:
         run(kubeconfig, webhooks=[HOOK, "other"])
     assert err.value.code == 1
 
 
-def test_no_cluster(tmp_path: Path, api_tls: certs.CertResult, capsys: pytest.CaptureFixture[str],
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_cluster(
+    tmp_path: Path, api_tls: certs.CertResult, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     nothing = tmp_path / "kubeconfig"
-    nothing.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
-                                               "certificate-authority": str(api_tls.ca_path)}}],
-        "users": [{"name": "x", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-    }))
+    nothing.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [
+                    {
+                        "name": "x",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{free_port()}",
+                            "certificate-authority": str(api_tls.ca_path),
+                        },
+                    }
+                ],
+                "users": [{"name": "x", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+            }
+        )
+    )
     args = ["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET, "--webhook", HOOK]
     assert cli_main([*args, "--kubeconfig", str(nothing)]) == 1
     err = capsys.readouterr().err

@@ -60,8 +60,11 @@ def test_creates_files_with_private_keys_0600(tmp_path: Path) -> None:
 
 
 def test_sans_cn_and_extensions(tmp_path: Path) -> None:
-    ensure_certs(tmp_path, dns=["spreadguard.spreadguard.svc", "spreadguard.spreadguard.svc.cluster.local"],
-                 ips=["10.0.0.5", "fd00::5"])
+    ensure_certs(
+        tmp_path,
+        dns=["spreadguard.spreadguard.svc", "spreadguard.spreadguard.svc.cluster.local"],
+        ips=["10.0.0.5", "fd00::5"],
+    )
     dns, ips = _sans(tmp_path / "tls.crt")
     assert dns == {"localhost", "spreadguard.spreadguard.svc", "spreadguard.spreadguard.svc.cluster.local"}
     assert ips == {"127.0.0.1", "10.0.0.5", "fd00::5"}
@@ -92,8 +95,12 @@ def test_chain_verifies(tmp_path: Path) -> None:
     certs.verify_chain(tmp_path / "ca.crt", tmp_path / "tls.crt")
     # the strict RFC 5280 / CA-Browser-Forum profile of cryptography's verifier accepts it for every SAN
     store = Store([ca])
-    for subject in (x509.DNSName("localhost"), x509.DNSName("svc.ns.svc"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))):
+    for subject in (
+        x509.DNSName("localhost"),
+        x509.DNSName("svc.ns.svc"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ):
         PolicyBuilder().store(store).build_server_verifier(subject).verify(leaf, [])
 
 
@@ -271,8 +278,13 @@ def test_read_only_directory(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "webhook.cli", "certs", "generate", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook.cli", "certs", "generate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_cli_generate(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ class Run:
 
 
 def cli(*args: str, stdin: str | None = None) -> Run:
-    done = subprocess.run(spreadguard(*args), cwd=REPO, env=subprocess_env(), input=stdin, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        spreadguard(*args), cwd=REPO, env=subprocess_env(), input=stdin, capture_output=True, text=True, timeout=60
+    )
     run = Run(args, done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in run.out + run.err, str(run)
     return run
@@ -47,6 +48,7 @@ def worker_anti_affinity(obj: dict) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ help
+
 
 def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> dict[str, bool]:
     """Every command line of the parser tree -> whether it is a group (has sub-actions)."""
@@ -76,8 +78,9 @@ def test_help_has_examples(command: str) -> None:
     assert f"spreadguard {command}".rstrip() in examples, f"the examples do not show {command!r}:\n{run.out}"
 
 
-@pytest.mark.parametrize("group", sorted(c for c, is_group in COMMANDS.items() if is_group),
-                         ids=lambda c: c or "spreadguard")
+@pytest.mark.parametrize(
+    "group", sorted(c for c, is_group in COMMANDS.items() if is_group), ids=lambda c: c or "spreadguard"
+)
 def test_group_without_action_prints_help_and_exits_2(group: str) -> None:
     run = cli(*group.split())
     assert run.code == 2, str(run)
@@ -92,11 +95,17 @@ def test_evaluate_prints_the_mutated_object() -> None:
     assert run.code == 0, str(run)
     [obj] = docs(run.out)
     assert obj["kind"] == "PyTorchJob"
-    assert worker_anti_affinity(obj) == [{
-        "labelSelector": {"matchLabels": {"training.kubeflow.org/job-name": "vit-pretrain",
-                                          "training.kubeflow.org/replica-type": "worker"}},
-        "topologyKey": "kubernetes.io/hostname",
-    }]
+    assert worker_anti_affinity(obj) == [
+        {
+            "labelSelector": {
+                "matchLabels": {
+                    "training.kubeflow.org/job-name": "vit-pretrain",
+                    "training.kubeflow.org/replica-type": "worker",
+                }
+            },
+            "topologyKey": "kubernetes.io/hostname",
+        }
+    ]
     assert "PyTorchJob ml/vit-pretrain: allowed" in run.err
     assert "anti-affinity" in run.err
 
@@ -134,8 +143,12 @@ def test_evaluate_patch_output_is_a_json_patch() -> None:
 
 
 def test_evaluate_passes_unknown_kinds_through_unchanged() -> None:
-    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ml"},
-              "spec": {"replicas": 3}}
+    widget = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w", "namespace": "ml"},
+        "spec": {"replicas": 3},
+    }
     run = cli("evaluate", "-f", "-", stdin=yaml.safe_dump(widget))
     assert run.code == 0, str(run)
     assert docs(run.out) == [widget]
@@ -170,8 +183,9 @@ def test_evaluate_template_with_empty_fields(tmp_path: Path) -> None:
     assert run.code == 0, str(run)
     [obj] = docs(run.out)
     spec = obj["spec"]["template"]["spec"]
-    assert spec["tolerations"] == [{"key": "spreadguard.io/team", "operator": "Equal", "value": "vision",
-                                    "effect": "NoSchedule"}]
+    assert spec["tolerations"] == [
+        {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}
+    ]
     assert spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
 
 
@@ -191,12 +205,22 @@ def test_test_runs_the_default_cases() -> None:
 def write_wrong_case(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "wrong.yaml"
-    path.write_text(yaml.safe_dump([
-        {"name": "pytorchjob is denied (it is not)", "resource": str(REPO / "examples" / "pytorchjob.yaml"),
-         "expect": {"allowed": False}},
-        {"name": "pytorchjob is allowed", "resource": str(REPO / "examples" / "pytorchjob.yaml"),
-         "expect": {"allowed": True}},
-    ]))
+    path.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "pytorchjob is denied (it is not)",
+                    "resource": str(REPO / "examples" / "pytorchjob.yaml"),
+                    "expect": {"allowed": False},
+                },
+                {
+                    "name": "pytorchjob is allowed",
+                    "resource": str(REPO / "examples" / "pytorchjob.yaml"),
+                    "expect": {"allowed": True},
+                },
+            ]
+        )
+    )
     return path
 
 
@@ -231,8 +255,11 @@ def test_test_json_output(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("resource", "extra"),
     [
-        pytest.param("examples/pytorchjob.yaml", {"request": {"operation": "UPDATE", "oldObject": "no-such.yaml"}},
-                     id="missing oldObject"),
+        pytest.param(
+            "examples/pytorchjob.yaml",
+            {"request": {"operation": "UPDATE", "oldObject": "no-such.yaml"}},
+            id="missing oldObject",
+        ),
         pytest.param("examples/pytorchjob.yaml", {"expect": ["allowed"]}, id="expect is not a mapping"),
         pytest.param("list.yaml", {}, id="resource file is a YAML list"),
     ],

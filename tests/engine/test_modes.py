@@ -74,8 +74,9 @@ def test_two_policies_combine_in_name_order() -> None:
     spread and adds nothing; a finding denies if any enforcing policy denies it."""
     from webhook.engine.policy import AntiAffinity, Mutations
 
-    preferred = with_spec(TRAINING, "a-preferred", mode="warn",
-                          mutate=Mutations(antiAffinity=AntiAffinity(mode="preferred", weight=50)))
+    preferred = with_spec(
+        TRAINING, "a-preferred", mode="warn", mutate=Mutations(antiAffinity=AntiAffinity(mode="preferred", weight=50))
+    )
     required = with_spec(TRAINING, "b-required", mode="enforce")
     d = evaluate(SPREADABLE, ctx(), [required, preferred])
     worker = d.mutated["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["affinity"]["podAntiAffinity"]
@@ -156,8 +157,10 @@ def test_dryrun_over_http(mode_servers: dict[str, Server]) -> None:
 
 def test_exemption_over_http(server: Server) -> None:
     obj = json.loads(json.dumps(PINNED))
-    obj["metadata"]["annotations"] = {"spreadguard.io/exempt": "single-node-pinning",
-                                      "spreadguard.io/exempt-reason": "node burn-in"}
+    obj["metadata"]["annotations"] = {
+        "spreadguard.io/exempt": "single-node-pinning",
+        "spreadguard.io/exempt-reason": "node burn-in",
+    }
     refused = review(obj, "e-1")
     granted = review(obj, "e-2")
     granted["request"]["userInfo"] = {"username": "carol", "groups": ["spreadguard:exempters"]}
@@ -167,4 +170,5 @@ def test_exemption_over_http(server: Server) -> None:
     assert "may grant: groups ['spreadguard:exempters']" in r1["status"]["message"]
     assert r2["allowed"] is True
     assert r2["auditAnnotations"]["exemptions"].startswith(
-        "training: single-node-pinning granted to carol (group spreadguard:exempters) (reason: node burn-in)")
+        "training: single-node-pinning granted to carol (group spreadguard:exempters) (reason: node burn-in)"
+    )

@@ -31,8 +31,13 @@ def view(*nodes: dict, namespaces: dict | None = None) -> ClusterView:
 
 
 CLUSTER = view(
-    node("a1", pool="a100"), node("a2", pool="a100"), node("h1", pool="h100"), node("h2", pool="h100"),
-    node("h3", pool="h100", unschedulable=True), node("n1", team="nlp", pool="h100"), node("c1", gpus=0, team=None),
+    node("a1", pool="a100"),
+    node("a2", pool="a100"),
+    node("h1", pool="h100"),
+    node("h2", pool="h100"),
+    node("h3", pool="h100", unschedulable=True),
+    node("n1", team="nlp", pool="h100"),
+    node("c1", gpus=0, team=None),
 )
 VISION = [{"key": TEAM, "operator": "Equal", "value": "vision", "effect": "NoSchedule"}]
 GPU8 = [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 8}}}]
@@ -46,12 +51,34 @@ GPU8 = [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 8
         ({"containers": [{"name": "t", "image": "x"}]}, 1),  # CPU pod: only the untainted node
         ({"containers": GPU8, "tolerations": VISION, "nodeSelector": {"pool": "h100"}}, 2),
         ({"containers": GPU8, "tolerations": [{"key": TEAM, "operator": "Exists"}]}, 5),  # borrower
-        ({"containers": [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 16}}}],
-          "tolerations": VISION}, 0),
-        ({"containers": GPU8, "tolerations": VISION, "affinity": {"nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a1", "h1"]}]},
-                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a100"]}]}]}}}}, 3),
+        (
+            {
+                "containers": [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 16}}}],
+                "tolerations": VISION,
+            },
+            0,
+        ),
+        (
+            {
+                "containers": GPU8,
+                "tolerations": VISION,
+                "affinity": {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a1", "h1"]}
+                                    ]
+                                },
+                                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a100"]}]},
+                            ]
+                        }
+                    }
+                },
+            },
+            3,
+        ),
     ],
     ids=["team", "untolerated", "cpu", "selector", "borrow", "too-many-gpus", "affinity-terms-ored"],
 )
@@ -66,9 +93,17 @@ def test_classes_fold_identical_nodes() -> None:
 
 def job(replicas: int) -> dict:
     return {
-        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "big", "namespace": "ml"},
-        "spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": replicas, "template": {
-            "metadata": {"labels": {TEAM: "vision"}}, "spec": {"containers": GPU8}}}}},
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": "big", "namespace": "ml"},
+        "spec": {
+            "pytorchReplicaSpecs": {
+                "Worker": {
+                    "replicas": replicas,
+                    "template": {"metadata": {"labels": {TEAM: "vision"}}, "spec": {"containers": GPU8}},
+                }
+            }
+        },
     }
 
 
@@ -96,8 +131,9 @@ def test_shortage_denied_when_the_policy_says_so() -> None:
 
 def test_unknown_cluster_means_spec_only() -> None:
     offline = evaluate(job(16), Context(namespace="ml"), POLICIES)
-    unsynced = evaluate(job(16), Context(namespace="ml", cluster=ClusterView(synced=False, error="API unreachable")),
-                        POLICIES)
+    unsynced = evaluate(
+        job(16), Context(namespace="ml", cluster=ClusterView(synced=False, error="API unreachable")), POLICIES
+    )
     for d in (offline, unsynced):
         assert list(worker_anti(d)) == ["requiredDuringSchedulingIgnoredDuringExecution"]
     assert not any("cluster view" in i for i in offline.info)

@@ -163,8 +163,11 @@ def test_broken_policy_names_file_line_and_field(tmp_path: Path, text: str, expe
 def test_every_problem_of_every_file_is_reported(tmp_path: Path) -> None:
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text(broken("mode: enforce", "mode: strict").replace("antiAffinity:", "antiAfinity:"))
-    b.write_text(broken("name: team-a", "name: team-b").replace("weight: 100", "weight: 500")
-                 .replace("kind: HAPolicy", "kind: Policy"))
+    b.write_text(
+        broken("name: team-a", "name: team-b")
+        .replace("weight: 100", "weight: 500")
+        .replace("kind: HAPolicy", "kind: Policy")
+    )
     (tmp_path / "c.yaml").write_text(broken("name: team-a", "name: team-c"))  # a valid one is not enough
     problems = load_dir_problems(tmp_path)
     assert len(problems) == 4, "\n".join(problems)
@@ -209,8 +212,9 @@ DEFAULT_POLICY_FILES = sorted((REPO / "policies").glob("*.yaml"))
 def test_schema_json_is_not_stale() -> None:
     on_disk = json.loads(SCHEMA_FILE.read_text())
     assert on_disk == schema(), "policies/schema.json is stale: run spreadguard policies schema --write ..."
-    done = subprocess.run(spreadguard("policies", "schema"), cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        spreadguard("policies", "schema"), cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == on_disk
 
@@ -245,8 +249,7 @@ def test_schema_accepts_the_base_policy(validator: jsonschema.Draft202012Validat
 @pytest.mark.parametrize(
     ("text", "where"), [pytest.param(t, SCHEMA_LEVEL[i], id=i) for i, t, _ in CASES if i in SCHEMA_LEVEL]
 )
-def test_schema_rejects_the_broken_policies(validator: jsonschema.Draft202012Validator, text: str,
-                                            where: list) -> None:
+def test_schema_rejects_the_broken_policies(validator: jsonschema.Draft202012Validator, text: str, where: list) -> None:
     doc = yaml.safe_load(text)
     errors = list(validator.iter_errors(doc))
     assert errors, "schema.json accepts a policy the loader rejects"

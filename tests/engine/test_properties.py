@@ -30,8 +30,14 @@ from webhook.engine.target import Context
 
 POLICIES = load_policies(REPO / "policies")
 K8S_VERSION = "1.32" if "1.32.0" in kubernetes_validate.utils.all_versions() else kubernetes_validate.latest_version()
-BUILTIN = {("v1", "Pod"), ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("apps/v1", "ReplicaSet"),
-           ("batch/v1", "Job"), ("batch/v1", "CronJob")}
+BUILTIN = {
+    ("v1", "Pod"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "ReplicaSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+}
 HOSTNAME = "kubernetes.io/hostname"
 ZONE = "topology.kubernetes.io/zone"
 
@@ -175,8 +181,12 @@ def as_pod_template(template: dict) -> dict:
 
 def as_cronjob(job_template: dict) -> dict:
     """A batch/v1 JobTemplateSpec wrapped into the one object that holds one."""
-    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "x"},
-            "spec": {"schedule": "@daily", "jobTemplate": job_template}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "x"},
+        "spec": {"schedule": "@daily", "jobTemplate": job_template},
+    }
 
 
 # ---------------------------------------------------------------------------- over every case
@@ -297,8 +307,12 @@ def _selector_strategy(own: dict[str, str], team: bool) -> st.SearchStrategy[dic
     options = [
         st.just({"matchLabels": dict(own)}),
         st.just({"matchExpressions": [{"key": k, "operator": "In", "values": [v]} for k, v in own.items()]}),
-        st.just({"matchLabels": {key: value}, "matchExpressions": [{"key": "track", "operator": "NotIn",
-                                                                    "values": ["canary"]}]}),
+        st.just(
+            {
+                "matchLabels": {key: value},
+                "matchExpressions": [{"key": "track", "operator": "NotIn", "values": ["canary"]}],
+            }
+        ),
         st.just({"matchLabels": {"app": "other"}}),
         st.just({"matchLabels": {key: "other"}}),
         st.just({"matchExpressions": [{"key": "track", "operator": "Exists"}]}),
@@ -318,16 +332,42 @@ def _weighted(term: st.SearchStrategy[dict]) -> st.SearchStrategy[dict]:
     return st.fixed_dictionaries({"weight": st.integers(1, 100), "podAffinityTerm": term})
 
 
-NODE_AFFINITY = st.sampled_from([
-    {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "node.kubernetes.io/instance-type", "operator": "In",
-                               "values": ["p5.48xlarge", "p4d.24xlarge"]}]}]}},
-    {"preferredDuringSchedulingIgnoredDuringExecution": [
-        {"weight": 50, "preference": {"matchExpressions": [{"key": "gpu.health", "operator": "NotIn",
-                                                            "values": ["failing"]}]}}]},
-    {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": HOSTNAME, "operator": "In", "values": ["gpu-node-1", "gpu-node-2"]}]}]}},
-])
+NODE_AFFINITY = st.sampled_from(
+    [
+        {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {
+                                "key": "node.kubernetes.io/instance-type",
+                                "operator": "In",
+                                "values": ["p5.48xlarge", "p4d.24xlarge"],
+                            }
+                        ]
+                    }
+                ]
+            }
+        },
+        {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 50,
+                    "preference": {
+                        "matchExpressions": [{"key": "gpu.health", "operator": "NotIn", "values": ["failing"]}]
+                    },
+                }
+            ]
+        },
+        {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": HOSTNAME, "operator": "In", "values": ["gpu-node-1", "gpu-node-2"]}]}
+                ]
+            }
+        },
+    ]
+)
 
 TOLERATIONS = [
     {"key": TEAM_KEY, "operator": "Equal", "value": TEAM, "effect": "NoSchedule"},
@@ -345,8 +385,7 @@ def workloads(draw: st.DrawFn) -> Generated:
     team = draw(st.booleans())
     workload = draw(st.sampled_from([None, "serving", "training"]))
     workload_on = draw(st.sampled_from(["object", "template", "both"]))
-    extra = draw(st.dictionaries(st.sampled_from(["track", "tier"]), st.sampled_from(["stable", "canary"]),
-                                 max_size=2))
+    extra = draw(st.dictionaries(st.sampled_from(["track", "tier"]), st.sampled_from(["stable", "canary"]), max_size=2))
 
     template_labels = dict(extra)
     object_labels = {"app.kubernetes.io/name": NAME}
@@ -366,12 +405,28 @@ def workloads(draw: st.DrawFn) -> Generated:
     if draw(st.booleans()):
         affinity["nodeAffinity"] = draw(NODE_AFFINITY)
     if draw(st.booleans()):  # keep replicas close: affinity to the group on the zone, or preferred to others
-        affinity["podAffinity"] = draw(st.sampled_from([
-            {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": own},
-                                                                 "topologyKey": ZONE}]},
-            {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "podAffinityTerm": {
-                "labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": HOSTNAME}}]},
-        ]))
+        affinity["podAffinity"] = draw(
+            st.sampled_from(
+                [
+                    {
+                        "requiredDuringSchedulingIgnoredDuringExecution": [
+                            {"labelSelector": {"matchLabels": own}, "topologyKey": ZONE}
+                        ]
+                    },
+                    {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 10,
+                                "podAffinityTerm": {
+                                    "labelSelector": {"matchLabels": {"app": "cache"}},
+                                    "topologyKey": HOSTNAME,
+                                },
+                            }
+                        ]
+                    },
+                ]
+            )
+        )
     if draw(st.booleans()):
         anti: dict[str, Any] = {}
         required = draw(st.lists(term, max_size=2))
@@ -383,28 +438,35 @@ def workloads(draw: st.DrawFn) -> Generated:
         affinity["podAntiAffinity"] = anti
 
     spec: dict[str, Any] = {
-        "containers": [{
-            "name": "main",
-            "image": "nvcr.io/nvidia/pytorch:24.05-py3",
-            "resources": {"limits": {"nvidia.com/gpu": draw(st.sampled_from([1, 8, "8"]))}} if gpu else
-            {"requests": {"cpu": "4"}},
-        }],
+        "containers": [
+            {
+                "name": "main",
+                "image": "nvcr.io/nvidia/pytorch:24.05-py3",
+                "resources": {"limits": {"nvidia.com/gpu": draw(st.sampled_from([1, 8, "8"]))}}
+                if gpu
+                else {"requests": {"cpu": "4"}},
+            }
+        ],
     }
     if affinity or draw(st.booleans()):
         spec["affinity"] = affinity
     tolerations = draw(st.lists(st.sampled_from(TOLERATIONS), max_size=3, unique_by=lambda t: json.dumps(t)))
     if tolerations or draw(st.booleans()):
         spec["tolerations"] = tolerations
-    constraints = draw(st.lists(
-        st.fixed_dictionaries({
-            "maxSkew": st.integers(1, 3),
-            "topologyKey": st.sampled_from([ZONE, HOSTNAME, "topology.kubernetes.io/rack"]),
-            "whenUnsatisfiable": st.sampled_from(["DoNotSchedule", "ScheduleAnyway"]),
-            "labelSelector": _selector_strategy(own, team),
-        }),
-        max_size=2,
-        unique_by=lambda c: (c["topologyKey"], c["whenUnsatisfiable"]),
-    ))
+    constraints = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "maxSkew": st.integers(1, 3),
+                    "topologyKey": st.sampled_from([ZONE, HOSTNAME, "topology.kubernetes.io/rack"]),
+                    "whenUnsatisfiable": st.sampled_from(["DoNotSchedule", "ScheduleAnyway"]),
+                    "labelSelector": _selector_strategy(own, team),
+                }
+            ),
+            max_size=2,
+            unique_by=lambda c: (c["topologyKey"], c["whenUnsatisfiable"]),
+        )
+    )
     if constraints:
         spec["topologySpreadConstraints"] = constraints
 
@@ -419,10 +481,14 @@ def workloads(draw: st.DrawFn) -> Generated:
     else:
         specs: dict[str, Any] = {"Worker": {"replicas": replicas, "restartPolicy": "OnFailure", "template": template}}
         if draw(st.booleans()):
-            specs["Master"] = {"replicas": 1, "restartPolicy": "OnFailure", "template": {
-                "metadata": {"labels": {TEAM_KEY: TEAM} if team else {}},
-                "spec": {"containers": [{"name": "main", "image": "nvcr.io/nvidia/pytorch:24.05-py3"}]},
-            }}
+            specs["Master"] = {
+                "replicas": 1,
+                "restartPolicy": "OnFailure",
+                "template": {
+                    "metadata": {"labels": {TEAM_KEY: TEAM} if team else {}},
+                    "spec": {"containers": [{"name": "main", "image": "nvcr.io/nvidia/pytorch:24.05-py3"}]},
+                },
+            }
         obj = {
             "apiVersion": "kubeflow.org/v1",
             "kind": "PyTorchJob",
@@ -437,19 +503,26 @@ def _anti_terms(template: dict) -> list[tuple[str, dict]]:
     """(required|preferred, term) for every pod anti-affinity term of a template."""
     anti = ((template.get("spec") or {}).get("affinity") or {}).get("podAntiAffinity") or {}
     out = [("required", t) for t in anti.get("requiredDuringSchedulingIgnoredDuringExecution") or []]
-    out += [("preferred", w["podAffinityTerm"]) for w in anti.get("preferredDuringSchedulingIgnoredDuringExecution")
-            or []]
+    out += [
+        ("preferred", w["podAffinityTerm"]) for w in anti.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+    ]
     return out
 
 
 def _spreading(template: dict, labels: dict[str, str], key: str) -> list[tuple[str, dict]]:
-    return [(m, t) for m, t in _anti_terms(template) if t.get("topologyKey") == key and selects(t.get("labelSelector"),
-                                                                                                 labels)]
+    return [
+        (m, t)
+        for m, t in _anti_terms(template)
+        if t.get("topologyKey") == key and selects(t.get("labelSelector"), labels)
+    ]
 
 
 def _zone_constraints(template: dict, labels: dict[str, str]) -> list[dict]:
-    return [c for c in (template.get("spec") or {}).get("topologySpreadConstraints") or []
-            if c.get("topologyKey") == ZONE and selects(c.get("labelSelector"), labels)]
+    return [
+        c
+        for c in (template.get("spec") or {}).get("topologySpreadConstraints") or []
+        if c.get("topologyKey") == ZONE and selects(c.get("labelSelector"), labels)
+    ]
 
 
 USER_LISTS = [
@@ -493,8 +566,11 @@ def test_generated_workloads(g: Generated) -> None:
         assert not only_adds_problems(mine, _at(after["spec"], NODE_TERMS)), "node selector terms were rewritten"
 
     # which default policy applies: training CRDs always; built-in kinds when they request GPUs or say their class
-    expected_match = g.kind == "PyTorchJob" or g.gpu or WORKLOAD_KEY in {**g.obj["metadata"]["labels"],
-                                                                       **before["metadata"]["labels"]}
+    expected_match = (
+        g.kind == "PyTorchJob"
+        or g.gpu
+        or WORKLOAD_KEY in {**g.obj["metadata"]["labels"], **before["metadata"]["labels"]}
+    )
     assert bool(decision.policies) == expected_match, f"policies matched: {decision.policies}"
     if not decision.policies:
         assert decision.patch == [], "no policy matched, yet the object was changed"
@@ -503,8 +579,10 @@ def test_generated_workloads(g: Generated) -> None:
 
     had = _spreading(before, g.pod_labels, HOSTNAME)
     now = _spreading(after, g.pod_labels, HOSTNAME)
-    event(f"{g.workload_class}, {'several replicas' if g.replicas >= 2 else 'one replica'}, "
-          f"{'already spread by the user' if had else 'not spread by the user'}")
+    event(
+        f"{g.workload_class}, {'several replicas' if g.replicas >= 2 else 'one replica'}, "
+        f"{'already spread by the user' if had else 'not spread by the user'}"
+    )
     if g.replicas >= 2 and not had:
         assert len(now) == 1, f"expected exactly one hostname anti-affinity term for the group, got {now}"
         want = "required" if g.workload_class == "training" else "preferred"
@@ -578,12 +656,16 @@ def test_anti_affinity_to_another_namespace_does_not_count_as_spread() -> None:
     so spreadguard must still add one."""
     obj = _pytorchjob()
     worker = obj["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
-    other_ns = {"labelSelector": {"matchLabels": {PT_TYPE: "worker"}}, "topologyKey": HOSTNAME,
-                "namespaces": ["team-b"]}
+    other_ns = {
+        "labelSelector": {"matchLabels": {PT_TYPE: "worker"}},
+        "topologyKey": HOSTNAME,
+        "namespaces": ["team-b"],
+    }
     worker["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [other_ns]}}
     decision = evaluate(obj, Context(operation="CREATE", namespace="ml"), POLICIES)
     terms = decision.mutated["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["affinity"][
-        "podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        "podAntiAffinity"
+    ]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms[0] == other_ns
     assert len(terms) == 2, "the group's own hostname anti-affinity was not added"
     assert terms[1]["topologyKey"] == HOSTNAME and "namespaces" not in terms[1]

@@ -253,12 +253,23 @@ def _sent(programs: dict[str, Any], request: dict) -> bool:
 
 def _pod_request(**changes: Any) -> dict:
     request = {
-        "uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "ml", "operation": "CREATE",
+        "uid": "1",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "ml",
+        "operation": "CREATE",
         "userInfo": {"username": "system:serviceaccount:kube-system:daemon-set-controller"},
-        "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-x", "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u", "controller": True}]},
-            "spec": {"containers": [{"name": "a", "image": "a"}]}},
+        "object": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "agent-x",
+                "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u", "controller": True}
+                ],
+            },
+            "spec": {"containers": [{"name": "a", "image": "a"}]},
+        },
         "oldObject": None,
     }
     request.update(changes)
@@ -279,8 +290,10 @@ def test_match_conditions_skip_daemonset_pods_and_system_users_only() -> None:
             request = _pod_request(userInfo={"username": user})
             request["object"]["metadata"].pop("ownerReferences")
             assert not _sent(programs, request), f"{kind} {hook['name']}: {user} not skipped"
-        assert _sent(programs, _pod_request(userInfo={"username": "system:kube-controller-manager"},
-                                            object={"metadata": {"name": "p"}}))
+        assert _sent(
+            programs,
+            _pod_request(userInfo={"username": "system:kube-controller-manager"}, object={"metadata": {"name": "p"}}),
+        )
         deleting = _pod_request(operation="DELETE", object=None, oldObject=_pod_request()["object"])
         assert _sent(programs, deleting) or "not-daemonset-pod" not in programs
         if any("pods" in rule["resources"] for rule in hook["rules"]):
@@ -334,8 +347,14 @@ def test_rbac_has_no_wildcards_and_writes_only_its_own_objects(name: str) -> Non
 
 def test_rbac_reads_what_spreadguard_audits() -> None:
     objects = render()
-    reads = {(g, r) for role, rule in _rules(objects) if role["kind"] == "ClusterRole" and not rule.get("resourceNames")
-             for g in rule["apiGroups"] for r in rule["resources"] if READ_VERBS <= set(rule["verbs"])}
+    reads = {
+        (g, r)
+        for role, rule in _rules(objects)
+        if role["kind"] == "ClusterRole" and not rule.get("resourceNames")
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        if READ_VERBS <= set(rule["verbs"])
+    }
     for kind in workloads.KINDS.values():
         assert (kind.group, _plural(kind)) in reads, f"cannot read {kind}"
     for extra in (("", "namespaces"), ("", "nodes"), ("policy", "poddisruptionbudgets")):
@@ -374,8 +393,9 @@ def test_deployment_is_highly_available() -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "spreadguard"}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
-    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+    ]
     quota = one(objects, "ResourceQuota")
     assert quota["spec"]["scopeSelector"]["matchExpressions"][0]["values"] == ["system-cluster-critical"]
     assert int(quota["spec"]["hard"]["pods"]) > hpa["spec"]["maxReplicas"]
@@ -384,8 +404,9 @@ def test_deployment_is_highly_available() -> None:
 @pytest.mark.parametrize("name", ["manifests", "cert-manager"])
 def test_every_container_is_locked_down(name: str) -> None:
     objects = render(name)
-    pods = [pod_spec(objects)] + [c["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-                                  for c in all_of(objects, "CronJob")]
+    pods = [pod_spec(objects)] + [
+        c["spec"]["jobTemplate"]["spec"]["template"]["spec"] for c in all_of(objects, "CronJob")
+    ]
     for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] >= 1000
@@ -470,8 +491,9 @@ def test_config_map_loads_as_a_policy_directory(tmp_path: Path) -> None:
 
 def test_dryrun_overlay_puts_every_policy_in_dryrun() -> None:
     base = {p.name: p for f, text in _config_map_files(render()).items() for p in parse_policy_text(text, f)[0]}
-    dryrun = {p.name: p for f, text in _config_map_files(render("dryrun")).items()
-              for p in parse_policy_text(text, f)[0]}
+    dryrun = {
+        p.name: p for f, text in _config_map_files(render("dryrun")).items() for p in parse_policy_text(text, f)[0]
+    }
     assert set(dryrun) == set(base)
     for name, policy in dryrun.items():
         assert policy.spec.mode == "dryrun", name
@@ -486,7 +508,8 @@ def test_dryrun_overlay_puts_every_policy_in_dryrun() -> None:
     volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "policies")
     assert volume["configMap"]["name"] == one(objects, "ConfigMap")["metadata"]["name"]
     assert [o for o in render("dryrun") if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"] == [
-        o for o in render() if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"]
+        o for o in render() if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"
+    ]
 
 
 def test_dryrun_copies_keep_the_text_and_change_every_mode() -> None:
@@ -554,7 +577,8 @@ def test_cert_manager_overlay_replaces_bootstrap() -> None:
     assert not [b for b in all_of(objects, "RoleBinding")]
     without_cert_manager = [o for o in objects if not o["apiVersion"].startswith("cert-manager.io/")]
     assert {(o["kind"], o["metadata"]["name"]) for o in without_cert_manager} <= {
-        (o["kind"], o["metadata"]["name"]) for o in render()}
+        (o["kind"], o["metadata"]["name"]) for o in render()
+    }
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------------------------
@@ -608,7 +632,7 @@ def test_dockerfile_runs_the_cli_as_the_deployment_expects() -> None:
     froms = [args for instruction, args in instructions if instruction == "FROM"]
     assert froms and all(f.startswith("python:3.11-slim") for f in froms)
     assert any(i == "RUN" and "pip install ." in a for i, a in instructions)
-    final = instructions[max(i for i, (ins, _a) in enumerate(instructions) if ins == "FROM"):]
+    final = instructions[max(i for i, (ins, _a) in enumerate(instructions) if ins == "FROM") :]
     user = [a for i, a in final if i == "USER"][-1]
     uid = int(user.split(":")[0])
     assert uid != 0

@@ -23,15 +23,35 @@ TEAM = "spreadguard.io/team"
 def review(uid: str, replicas: int, team_label: bool = True) -> dict:
     labels = {TEAM: "vision"} if team_label else {}
     job = {
-        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "big", "namespace": "ml"},
-        "spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": replicas, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "p", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 8}}}]},
-        }}}},
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": "big", "namespace": "ml"},
+        "spec": {
+            "pytorchReplicaSpecs": {
+                "Worker": {
+                    "replicas": replicas,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [{"name": "p", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 8}}}]
+                        },
+                    },
+                }
+            }
+        },
     }
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": uid, "kind": {"group": "kubeflow.org", "version": "v1", "kind": "PyTorchJob"},
-        "operation": "CREATE", "namespace": "ml", "userInfo": {"username": "alice"}, "object": job}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "kubeflow.org", "version": "v1", "kind": "PyTorchJob"},
+            "operation": "CREATE",
+            "namespace": "ml",
+            "userInfo": {"username": "alice"},
+            "object": job,
+        },
+    }
 
 
 def patched_worker(resp: dict) -> dict:
@@ -54,8 +74,9 @@ def fake() -> Iterator[FakeApi]:
 @pytest.fixture
 def cluster_server(fake: FakeApi, tls_files: TLSFiles, tmp_path: Path) -> Iterator[Server]:
     config = kubeconfig(tmp_path, fake.port)
-    server = start_server(tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto",
-                          "--kubeconfig", config)
+    server = start_server(
+        tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto", "--kubeconfig", config
+    )
     try:
         deadline = time.monotonic() + 30  # each worker lists nodes and namespaces after fork
         synced: set[int] = set()
@@ -98,8 +119,9 @@ def test_team_from_the_watched_namespace_label(cluster_server: Server) -> None:
 
 def test_unreachable_api_means_spec_only_with_a_warning(tls_files: TLSFiles, tmp_path: Path) -> None:
     config = kubeconfig(tmp_path, 9)  # nothing listens on port 9: connection refused
-    server = start_server(tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto",
-                          "--kubeconfig", config)
+    server = start_server(
+        tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto", "--kubeconfig", config
+    )
     try:
         assert server.get("/readyz").status_code == 200  # ready: spec-only decisions are safe
         resp = server.post("/mutate", review("down", 16)).json()["response"]

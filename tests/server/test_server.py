@@ -37,8 +37,11 @@ POD_REVIEW: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "trainer-0", "namespace": "ml", "labels": {"app": "trainer"}},
-            "spec": {"containers": [{"name": "main", "image": "pytorch/pytorch:2.4.0",
-                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+            "spec": {
+                "containers": [
+                    {"name": "main", "image": "pytorch/pytorch:2.4.0", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+                ]
+            },
         },
         "oldObject": None,
         "dryRun": False,
@@ -180,7 +183,7 @@ def test_exactly_3_mib_is_accepted(server: Server) -> None:
 def chunked(raw: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
     """A generator body: requests sends it with Transfer-Encoding: chunked and no Content-Length."""
     for start in range(0, len(raw), size):
-        yield raw[start:start + size]
+        yield raw[start : start + size]
 
 
 def test_chunked_body_over_3_mib_is_400(server: Server) -> None:
@@ -196,8 +199,9 @@ def test_chunked_body_of_exactly_3_mib_is_accepted(server: Server) -> None:
 
 
 def test_content_type_is_not_required(server: Server) -> None:
-    resp = server.session.post(server.url + "/mutate", data=json.dumps(POD_REVIEW).encode(),
-                               headers={"Content-Type": "text/plain"}, timeout=30)
+    resp = server.session.post(
+        server.url + "/mutate", data=json.dumps(POD_REVIEW).encode(), headers={"Content-Type": "text/plain"}, timeout=30
+    )
     assert resp.status_code == 200
     assert_review_response(resp.json(), POD_REVIEW["request"]["uid"])
 
@@ -229,8 +233,9 @@ def test_keep_alive_reuses_one_tls_connection(server: Server) -> None:
         conn.connect()
         first_sock = conn.sock
         for i in range(50):
-            conn.request("POST", "/mutate" if i % 2 else "/validate", body=body,
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST", "/mutate" if i % 2 else "/validate", body=body, headers={"Content-Type": "application/json"}
+            )
             resp = conn.getresponse()
             payload = json.loads(resp.read())
             assert resp.status == 200
@@ -328,16 +333,25 @@ spec:
 
 
 def run_serve(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(spreadguard("serve", *args), cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        spreadguard("serve", *args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_broken_policy_directory_stops_the_start(tls_files: TLSFiles, tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "broken.yaml").write_text(BROKEN_POLICY)
-    done = run_serve("--policies", str(policies), "--tls-cert", str(tls_files.cert), "--tls-key",
-                     str(tls_files.key), "--bind", f"127.0.0.1:{free_port()}")
+    done = run_serve(
+        "--policies",
+        str(policies),
+        "--tls-cert",
+        str(tls_files.cert),
+        "--tls-key",
+        str(tls_files.key),
+        "--bind",
+        f"127.0.0.1:{free_port()}",
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
     assert f"{policies / 'broken.yaml'}:8:" in done.stderr, done.stderr
@@ -357,12 +371,23 @@ def test_broken_policy_directory_stops_the_start(tls_files: TLSFiles, tmp_path: 
         ({"--tls-key": "CA-KEY"}, "the key does not belong to the certificate"),
         ({"--tls-key": "CA-CERT"}, "no PEM private key in this file"),
     ],
-    ids=["missing-cert", "missing-key", "missing-policies", "bind-without-port", "bind-bad-port", "other-key",
-         "cert-as-key"],
+    ids=[
+        "missing-cert",
+        "missing-key",
+        "missing-policies",
+        "bind-without-port",
+        "bind-bad-port",
+        "other-key",
+        "cert-as-key",
+    ],
 )
 def test_bad_arguments_exit_2_with_one_line(tls_files: TLSFiles, change: dict[str, str], expected: str) -> None:
-    args = {"--policies": str(REPO / "policies"), "--tls-cert": str(tls_files.cert), "--tls-key": str(tls_files.key),
-            "--bind": f"127.0.0.1:{free_port()}"}
+    args = {
+        "--policies": str(REPO / "policies"),
+        "--tls-cert": str(tls_files.cert),
+        "--tls-key": str(tls_files.key),
+        "--bind": f"127.0.0.1:{free_port()}",
+    }
     if "CA-KEY" in change.values() and not (tls_files.dir / "ca.key").is_file():
         pytest.skip("certs generate wrote no ca.key to use as a key of another certificate")
     stand_ins = {"CA-KEY": str(tls_files.dir / "ca.key"), "CA-CERT": str(tls_files.ca)}
@@ -414,4 +439,3 @@ def test_not_ready_state_is_503(client: FlaskClient) -> None:
     resp = client.get("/readyz")
     assert resp.status_code == 503
     assert resp.get_json()["status"] == "not ready"
-

@@ -716,8 +716,12 @@ class Auditor:
         out = []
         for pdb in (p for pdbs in self._pdbs.values() for p in pdbs):
             findings = pdb_findings(pdb.obj, pdb.selected)
-            result = Result(ref_of(pdb.obj, self.default_namespace), pdb.source, advisories=findings,
-                            warnings=[v.text() for v in findings])
+            result = Result(
+                ref_of(pdb.obj, self.default_namespace),
+                pdb.source,
+                advisories=findings,
+                warnings=[v.text() for v in findings],
+            )
             self.totals.add(result)
             out.append(result)
         self._pdbs = {}

@@ -21,7 +21,6 @@ EPILOG_MAIN = """examples:
 """
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spreadguard",

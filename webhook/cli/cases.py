@@ -51,7 +51,6 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-
 def register(sub: Any) -> None:
     test_p = sub.add_parser(
         "test",
@@ -67,4 +66,3 @@ def register(sub: Any) -> None:
     test_p.add_argument("--policies", default="policies/", help="policy directory (default: policies/)")
     test_p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     test_p.set_defaults(func=_cmd_test)
-

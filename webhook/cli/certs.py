@@ -32,7 +32,6 @@ def _cmd_certs_bootstrap(args: argparse.Namespace) -> int:
     return bootstrap.run(args)
 
 
-
 def register(sub: Any) -> None:
     certs_p = sub.add_parser(
         "certs",
@@ -102,4 +101,3 @@ def register(sub: Any) -> None:
         help="kubeconfig to use (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
     )
     boot.set_defaults(func=_cmd_certs_bootstrap)
-

@@ -11,7 +11,6 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-
 def load_policies_or_exit(directory: str) -> list | None:
     from webhook.engine.policy import PolicyError, load_policies
 
@@ -37,5 +36,3 @@ def read_manifests(path: str) -> list[dict]:
         else:
             raise ValueError(f"{path}: a document is a {type(doc).__name__}, not a Kubernetes object")
     return out
-
-

@@ -55,7 +55,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if denied else 0
 
 
-
 def register(sub: Any) -> None:
     ev = sub.add_parser(
         "evaluate",
@@ -81,4 +80,3 @@ def register(sub: Any) -> None:
     ev.add_argument("--user", default="", help="request user (for exemptions)")
     ev.add_argument("--group", action="append", default=[], help="request group (repeatable)")
     ev.set_defaults(func=_cmd_evaluate)
-

@@ -33,7 +33,6 @@ def _cmd_policies_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def register(sub: Any) -> None:
     pol = sub.add_parser(
         "policies",

@@ -27,7 +27,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-
 def register(sub: Any) -> None:
     serve_p = sub.add_parser(
         "serve",
@@ -70,4 +69,3 @@ def register(sub: Any) -> None:
     serve_p.add_argument("--kubeconfig", help="kubeconfig for the cluster cache")
     serve_p.add_argument("--context", dest="kube_context", help="kubeconfig context for the cluster cache")
     serve_p.set_defaults(func=_cmd_serve)
-

@@ -351,8 +351,19 @@ def run(
     """
     logs.configure(log_level if log_level in LOG_LEVELS else "info")
     try:
-        app = _prepare(policies, tls_cert, tls_key, bind, workers, threads, log_level, reload_interval,
-                       cluster_cache, kubeconfig, kube_context)
+        app = _prepare(
+            policies,
+            tls_cert,
+            tls_key,
+            bind,
+            workers,
+            threads,
+            log_level,
+            reload_interval,
+            cluster_cache,
+            kubeconfig,
+            kube_context,
+        )
         directory, temporary = _metrics_dir(metrics_dir)
     except ServeError as exc:
         print(f"spreadguard serve: {exc}", file=sys.stderr)
