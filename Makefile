@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-audit clean
+.PHONY: serve test test-fast lint bench bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# the pure engine tests only: seconds, no servers
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not server"
 
 bench: $(STAMP)
 	$(BIN)/python bench/benchmark.py

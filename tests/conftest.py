@@ -34,6 +34,19 @@ def endpoint_of(path: Path) -> str:
     return "/mutate" if path.name.endswith("-mutate.json") else "/validate"
 
 
+# Every test outside tests/engine/ starts a process, a server or a fake API server: marked ``server``,
+# so that ``pytest -m "not server"`` runs the pure engine tests in seconds.
+PURE_DIRS = ("engine",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(tests_dir).parts
+        if parts[0] not in PURE_DIRS:
+            item.add_marker(pytest.mark.server)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize any test taking ``admission_fixture`` over every captured request."""
     if "admission_fixture" in metafunc.fixturenames:

@@ -209,6 +209,7 @@ SCHEMA_FILE = REPO / "policies" / "schema.json"
 DEFAULT_POLICY_FILES = sorted((REPO / "policies").glob("*.yaml"))
 
 
+@pytest.mark.server
 def test_schema_json_is_not_stale() -> None:
     on_disk = json.loads(SCHEMA_FILE.read_text())
     assert on_disk == schema(), "policies/schema.json is stale: run spreadguard policies schema --write ..."

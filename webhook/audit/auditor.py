@@ -43,7 +43,7 @@ class Document:
     """One object read from input (``obj``), or why a document could not be read (``error``)."""
 
     source: str  # "path:doc", "path:doc:items[i]" for List items, "-" is stdin
-    obj: dict | None = None
+    obj: dict[str, Any] | None = None
     error: str | None = None
 
 
@@ -267,7 +267,7 @@ class Blast:
         }
 
 
-def _pinned(spec: dict, key: str) -> str | None:
+def _pinned(spec: dict[str, Any], key: str) -> str | None:
     """The single value of node label ``key`` the pod is confined to (nodeName counts for hostname)."""
     if key == podspec.HOSTNAME and spec.get("nodeName"):
         return str(spec["nodeName"])
@@ -283,7 +283,7 @@ def _pinned(spec: dict, key: str) -> str | None:
     return next(iter(allowed)) if len(allowed) == 1 else None
 
 
-def _term_values(term: dict, key: str) -> set[str] | None:
+def _term_values(term: dict[str, Any], key: str) -> set[str] | None:
     """Values of node label ``key`` one nodeSelectorTerm allows; None when it does not restrict ``key``."""
     values: set[str] | None = None
     for expr in term.get("matchExpressions") or []:
@@ -293,11 +293,11 @@ def _term_values(term: dict, key: str) -> set[str] | None:
     return values
 
 
-def _self_terms(spec: dict, section: str, required: bool, labels: dict[str, str]) -> list[dict]:
+def _self_terms(spec: dict[str, Any], section: str, required: bool, labels: dict[str, str]) -> list[dict[str, Any]]:
     return [t for t in podspec.pod_affinity_terms(spec, section, required) if podspec.term_selects(t, labels)]
 
 
-def _spreads(spec: dict, keys: Sequence[str], labels: dict[str, str]) -> list[dict]:
+def _spreads(spec: dict[str, Any], keys: Sequence[str], labels: dict[str, str]) -> list[dict[str, Any]]:
     out = []
     for c in spec.get("topologySpreadConstraints") or []:
         if isinstance(c, dict) and c.get("topologyKey") in keys and podspec.term_selects(c, labels):
@@ -310,7 +310,7 @@ def _skew_bound(n: int, skew: int, domains: int) -> int:
     return min(n, (n + (domains - 1) * skew) // domains)
 
 
-def _node_bound(spec: dict, labels: dict[str, str], n: int) -> tuple[int | None, str]:
+def _node_bound(spec: dict[str, Any], labels: dict[str, str], n: int) -> tuple[int | None, str]:
     host = _pinned(spec, podspec.HOSTNAME)
     if host:
         anti = any(t.get("topologyKey") == podspec.HOSTNAME for t in _self_terms(spec, "podAntiAffinity", True, labels))
@@ -336,7 +336,9 @@ def _node_bound(spec: dict, labels: dict[str, str], n: int) -> tuple[int | None,
     return None, "no anti-affinity or spread on kubernetes.io/hostname"
 
 
-def _zone_bound(spec: dict, labels: dict[str, str], n: int, per_node: int | None, zones: int) -> tuple[int | None, str]:
+def _zone_bound(
+    spec: dict[str, Any], labels: dict[str, str], n: int, per_node: int | None, zones: int
+) -> tuple[int | None, str]:
     if per_node is not None and per_node >= n:
         return n, "every replica on one node"
     for key in ZONE_KEYS:
@@ -365,7 +367,7 @@ def _zone_bound(spec: dict, labels: dict[str, str], n: int, per_node: int | None
     return None, "no zone spread"
 
 
-def blast_radius(obj: dict, zones: int = 3, groups: Sequence[workloads.Group] | None = None) -> list[Blast]:
+def blast_radius(obj: dict[str, Any], zones: int = 3, groups: Sequence[workloads.Group] | None = None) -> list[Blast]:
     """The blast radius of every group of ``obj`` (usually the mutated object) with a known replica count."""
     out = []
     for g in workloads.groups_of(obj) if groups is None else groups:
@@ -420,7 +422,7 @@ def _intstr(value: Any) -> tuple[int | None, bool]:
     return None, False
 
 
-def pdb_findings(pdb: dict, selected: Sequence[_Pods]) -> list[Violation]:
+def pdb_findings(pdb: dict[str, Any], selected: Sequence[_Pods]) -> list[Violation]:
     """A PDB that forbids every eviction: ``maxUnavailable: 0`` / ``"0%"``, or ``minAvailable`` at least the
     replicas it selects (or ``"100%"``). Such a PDB makes ``kubectl drain`` hang on every node running one of
     its pods, so GPU health remediation and upgrades stall."""
@@ -465,7 +467,7 @@ def pdb_findings(pdb: dict, selected: Sequence[_Pods]) -> list[Violation]:
     return out
 
 
-def _pdb_selects(pdb: dict, labels: dict[str, str]) -> bool:
+def _pdb_selects(pdb: dict[str, Any], labels: dict[str, str]) -> bool:
     """policy/v1 semantics: an empty selector selects every pod of the namespace, a missing one none."""
     selector = (pdb.get("spec") or {}).get("selector")
     if selector is None:
@@ -493,7 +495,7 @@ class Ref:
         return {"apiVersion": self.api_version, "kind": self.kind, "namespace": self.namespace, "name": self.name}
 
 
-def ref_of(obj: dict, namespace: str = "") -> Ref:
+def ref_of(obj: dict[str, Any], namespace: str = "") -> Ref:
     meta = obj.get("metadata") or {}
     return Ref(
         str(obj.get("apiVersion") or ""),
@@ -555,7 +557,7 @@ class InputError:
         return f"{self.source}: {self.message}"
 
 
-def unified_diff(before: dict, after: dict, label: str) -> str:
+def unified_diff(before: dict[str, Any], after: dict[str, Any], label: str) -> str:
     """The object before and after mutation as YAML, unified diff ('' when nothing changes)."""
     if before == after:
         return ""
@@ -591,7 +593,7 @@ class Totals:
 
 @dataclass
 class _Pdb:
-    obj: dict
+    obj: dict[str, Any]
     source: str
     selected: list[_Pods] = field(default_factory=list)
 
@@ -631,13 +633,13 @@ class Auditor:
         self._index: dict[str, list[_Pods]] | None = None if pdbs_first else {}  # namespace -> groups
         self._pdbs: dict[str, list[_Pdb]] = {}  # namespace -> PDBs
 
-    def namespace(self, obj: dict) -> None:
+    def namespace(self, obj: dict[str, Any]) -> None:
         """Remember a Namespace's labels (the team label feeds team tolerations)."""
         meta = obj.get("metadata") or {}
         labels = {k: str(v) for k, v in (meta.get("labels") or {}).items() if k != MODE_LABEL}
         self.namespace_labels[str(meta.get("name") or "")] = labels
 
-    def audit(self, obj: dict, source: str) -> Result | None:
+    def audit(self, obj: dict[str, Any], source: str) -> Result | None:
         """The result for ``obj``, or None when it is not audited on its own (counted in ``skipped``)."""
         api_version, kind = str(obj.get("apiVersion") or ""), str(obj.get("kind") or "")
         group = api_version.split("/", 1)[0] if "/" in api_version else ""
@@ -669,7 +671,7 @@ class Auditor:
             return None
         return self._evaluate(obj, source, kind, uid)
 
-    def _evaluate(self, obj: dict, source: str, kind: str, uid: str) -> Result:
+    def _evaluate(self, obj: dict[str, Any], source: str, kind: str, uid: str) -> Result:
         ref = ref_of(obj, self.default_namespace)
         ctx = Context(
             operation="CREATE",
@@ -887,10 +889,12 @@ class PolicyReportWriter(Writer):
 
     def __init__(self, *a: Any, **kw: Any):
         super().__init__(*a, **kw)
-        self._by_ns: dict[str | None, list[dict]] = {}
+        self._by_ns: dict[str | None, list[dict[str, Any]]] = {}
         self._ts = _now()
 
-    def _result(self, r: Result, policy: str, rule: str | None, outcome: str, message: str, **props: str) -> dict:
+    def _result(
+        self, r: Result, policy: str, rule: str | None, outcome: str, message: str, **props: str
+    ) -> dict[str, Any]:
         ref: dict[str, str] = {"apiVersion": r.resource.api_version, "kind": r.resource.kind, "name": r.resource.name}
         if r.resource.namespace:
             ref["namespace"] = r.resource.namespace
@@ -931,7 +935,7 @@ class PolicyReportWriter(Writer):
             # every supported kind is namespaced; "" (a manifest without one) gets a report without one
             self._by_ns.setdefault(r.resource.namespace, []).extend(items)
 
-    def _report(self, kind: str, namespace: str | None, results: list[dict]) -> dict:
+    def _report(self, kind: str, namespace: str | None, results: list[dict[str, Any]]) -> dict[str, Any]:
         summary = Counter(x["result"] for x in results)
         meta: dict[str, Any] = {"name": "spreadguard-audit", "labels": {"app.kubernetes.io/managed-by": "spreadguard"}}
         if namespace:
@@ -1010,14 +1014,11 @@ class JunitWriter(Writer):
             ET.SubElement(case, "error", type="input", message=e.message).text = e.text()
             self._cases.append(case)
         counts = {"tests": str(len(self._cases)), "failures": str(self._failures), "errors": str(len(self.errors))}
-        root = ET.Element("testsuites", name="spreadguard audit", **counts)
+        root = ET.Element("testsuites", {"name": "spreadguard audit", **counts})
         suite = ET.SubElement(
             root,
             "testsuite",
-            name="spreadguard audit",
-            skipped="0",
-            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **counts,
+            {"name": "spreadguard audit", "skipped": "0", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), **counts},
         )
         suite.extend(self._cases)
         ET.indent(root)

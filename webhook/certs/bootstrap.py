@@ -131,10 +131,10 @@ class Kube:
         self._admission = client.AdmissionregistrationV1Api(client_)
         self.host = getattr(client_.configuration, "host", "?")
 
-    def get_secret(self, namespace: str, name: str) -> dict | None:
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._call("get", "secrets", name, namespace, self._core.read_namespaced_secret, name, namespace)
 
-    def create_secret(self, namespace: str, body: dict) -> dict:
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         return self._call(
             "create",
@@ -147,7 +147,7 @@ class Kube:
             field_manager=FIELD_MANAGER,
         )
 
-    def replace_secret(self, namespace: str, body: dict) -> dict:
+    def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         return self._call(
             "update",
@@ -161,7 +161,7 @@ class Kube:
             field_manager=FIELD_MANAGER,
         )
 
-    def get_webhook_configuration(self, kind: str, name: str) -> dict | None:
+    def get_webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
         read = (
             self._admission.read_mutating_webhook_configuration
             if kind == MUTATING
@@ -169,7 +169,7 @@ class Kube:
         )
         return self._call("get", _RESOURCES[kind], name, None, read, name)
 
-    def patch_webhook_configuration(self, kind: str, name: str, patch: dict) -> dict:
+    def patch_webhook_configuration(self, kind: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         update = (
             self._admission.patch_mutating_webhook_configuration
             if kind == MUTATING
@@ -234,7 +234,7 @@ def _reason(exc: BaseException) -> str:
     """The innermost useful reason of a urllib3/OS error (``Connection refused``, not the retry wrapper)."""
     reason = getattr(exc, "reason", None)
     while isinstance(reason, BaseException) and getattr(reason, "reason", None) is not None:
-        reason = reason.reason  # type: ignore[union-attr]
+        reason = reason.reason  # type: ignore[attr-defined]
     text = _one_line(reason if reason is not None else exc)
     return text.split("] ", 1)[-1] if "Errno" in text else text
 
@@ -321,7 +321,7 @@ def plan(
     return Plan(action, files, result.not_after, True)
 
 
-def _secret_data(secret: dict | None) -> dict[str, bytes] | None:
+def _secret_data(secret: dict[str, Any] | None) -> dict[str, bytes] | None:
     if secret is None:
         return None
     data = secret.get("data") or {}
@@ -335,7 +335,7 @@ def _secret_data(secret: dict | None) -> dict[str, bytes] | None:
     return out
 
 
-def _secret_body(namespace: str, name: str, plan_: Plan, existing: dict | None) -> dict:
+def _secret_body(namespace: str, name: str, plan_: Plan, existing: dict[str, Any] | None) -> dict[str, Any]:
     """The Secret to create, or ``existing`` with the new data (everything else it carries is kept)."""
     if existing is not None:
         body = copy.deepcopy(existing)

@@ -220,14 +220,14 @@ def _load_existing(paths: dict[str, Path]) -> _Existing:
             corrupt.append(name)
             continue
         if name == CA_CERT:
-            found.ca_cert = obj
+            found.ca_cert = obj  # type: ignore[assignment]
         elif name == TLS_CERT:
-            found.cert = obj
+            found.cert = obj  # type: ignore[assignment]
         elif name == CA_KEY:
             # only keys we know how to sign with (ours are EC; an RSA CA brought along also works)
             found.ca_key = obj if isinstance(obj, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
         else:
-            found.key = obj
+            found.key = obj  # type: ignore[assignment]
     found.corrupt = tuple(corrupt)
     return found
 
@@ -265,7 +265,7 @@ def _keepable(found: _Existing, dns_names: list[str], ip_addrs: list[IPAddr], no
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         return False
-    if _spki(cert.public_key()) != _spki(key.public_key()):
+    if _spki(cert.public_key()) != _spki(key.public_key()):  # type: ignore[arg-type]
         return False
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

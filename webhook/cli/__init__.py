@@ -36,13 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-command parsers of ``parser`` by name."""
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         # no command, or a group command without its action: that level's help on stderr, usage error
         group = getattr(args, "command", None)
-        helper = parser._subparsers._group_actions[0].choices.get(group) if group else parser  # noqa: SLF001
+        helper = _subcommands(parser).get(group) if group else parser
         (helper or parser).print_help(sys.stderr)
         return 2
     try:

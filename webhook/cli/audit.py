@@ -167,11 +167,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
             session = cluster.connect(args.kubeconfig, args.context)
             namespace = None if args.all_namespaces else (args.namespace or session.namespace)
             progress = _Progress(sys.stderr)
+
+            def on_error(message: str) -> None:
+                progress.clear()
+                error(audit.InputError("cluster", message))
+
             scan = cluster.Scan(
                 session,
                 namespace,
                 chunk_size=args.chunk_size,
-                on_error=lambda m: (progress.clear(), error(audit.InputError("cluster", m))),
+                on_error=on_error,
                 on_page=lambda kind, count: progress.page(kind, count, auditor.totals.resources),
             )
             scan.discover()  # fails here, before any output, when there is no cluster to talk to

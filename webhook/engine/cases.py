@@ -92,7 +92,7 @@ def _split(dotted: str) -> list[str | int]:
 _TOKEN = re.compile(r"([^.\[\]]+)|\[([^\]]+)\]")
 
 
-def _cluster(nodes: list[dict]) -> ClusterView:
+def _cluster(nodes: list[dict[str, Any]]) -> ClusterView:
     """A synced cluster view from ``request.nodes``: ``{name, labels, taints, allocatable, unschedulable}``."""
     infos = [
         node_from_api(
@@ -110,7 +110,7 @@ def _cluster(nodes: list[dict]) -> ClusterView:
     return ClusterView(synced=True, classes=classify(infos))
 
 
-def case_context(case: dict, obj: dict, base: Path) -> Context:
+def case_context(case: dict[str, Any], obj: dict[str, Any], base: Path) -> Context:
     """The admission request a case describes (``request:``), around its resource ``obj``."""
     req = case.get("request") or {}
     if not isinstance(req, dict):
@@ -126,19 +126,22 @@ def case_context(case: dict, obj: dict, base: Path) -> Context:
     )
 
 
-def load_resource(spec: Any, base: Path) -> dict:
+def load_resource(spec: Any, base: Path) -> dict[str, Any]:
     if isinstance(spec, dict):
         return spec
     if isinstance(spec, str):
         for root in (base, *base.parents):
             candidate = root / spec
             if candidate.is_file():
-                return yaml.safe_load(candidate.read_text())
+                loaded = yaml.safe_load(candidate.read_text())
+                if not isinstance(loaded, dict):
+                    raise ValueError(f"resource file {candidate}: not a mapping")
+                return loaded
         raise FileNotFoundError(f"resource file {spec!r} not found from {base}")
     raise ValueError("resource must be a path or a mapping")
 
 
-def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseResult:
+def run_case(case: dict[str, Any], policies: list[Policy], base: Path, file: str) -> CaseResult:
     """Run one case; a malformed case is a failure that says what is wrong, never an exception."""
     name = str(case.get("name") or "(unnamed)")
     try:
@@ -147,7 +150,7 @@ def run_case(case: dict, policies: list[Policy], base: Path, file: str) -> CaseR
         return CaseResult(file, name, False, [f"malformed case: {type(exc).__name__}: {exc}"])
 
 
-def _run_case(case: dict, policies: list[Policy], base: Path, file: str, name: str) -> CaseResult:
+def _run_case(case: dict[str, Any], policies: list[Policy], base: Path, file: str, name: str) -> CaseResult:
     obj = load_resource(case.get("resource"), base)
     if not isinstance(obj, dict):
         raise ValueError(f"resource must be one Kubernetes object (a mapping), got {type(obj).__name__}")
@@ -190,13 +193,13 @@ class CaseError(Exception):
     """A case file that cannot be read; the message names the file (and line)."""
 
 
-def load_cases(directory: str | Path) -> list[tuple[Path, dict]]:
+def load_cases(directory: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every case of every ``*.yaml`` in ``directory`` (recursively), as (file, case)."""
     root = Path(directory)
     if not root.exists():
         raise CaseError(f"{root}: no such file or directory")
     files = [root] if root.is_file() else sorted(root.rglob("*.yaml"))
-    out = []
+    out: list[tuple[Path, dict[str, Any]]] = []
     for path in files:
         try:
             docs = yaml.safe_load(path.read_text(encoding="utf-8")) or []

@@ -55,7 +55,7 @@ class Decision:
     modes: dict[str, str] = field(default_factory=dict)  # the mode each matched policy ran in
     exemptions: list[str] = field(default_factory=list)  # exemptions granted, with who and why
     dryrun_patch: list[dict[str, Any]] = field(default_factory=list)  # what dryrun policies would add
-    mutated: dict | None = None  # the object after the patch
+    mutated: dict[str, Any] | None = None  # the object after the patch
 
     @property
     def warnings(self) -> list[str]:
@@ -63,12 +63,12 @@ class Decision:
         return [v.text() for v in self.advisories] + self.dryrun + self.info
 
 
-def _labels_of(obj: dict) -> dict[str, str]:
+def _labels_of(obj: dict[str, Any]) -> dict[str, str]:
     labels = (obj.get("metadata") or {}).get("labels")
     return labels if isinstance(labels, dict) else {}
 
 
-def _team(obj: dict, template: dict, policy: Policy, ctx: Context) -> str | None:
+def _team(obj: dict[str, Any], template: dict[str, Any], policy: Policy, ctx: Context) -> str | None:
     """Team: the pod template's label, the object's label, the policy's namespace map, the namespace label."""
     for labels in (_labels_of(template), _labels_of(obj)):
         if labels.get(workloads.TEAM_LABEL):
@@ -79,7 +79,7 @@ def _team(obj: dict, template: dict, policy: Policy, ctx: Context) -> str | None
     return ctx.namespace_labels.get(workloads.TEAM_LABEL) or None
 
 
-def _touched(group: Group, obj: dict, ctx: Context) -> bool:
+def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
     """On UPDATE, whether the user changed this group's template (only then do we act on it).
 
     Mutating an unchanged template would fail on immutable templates (Job, JobSet) and rewrite
@@ -89,10 +89,10 @@ def _touched(group: Group, obj: dict, ctx: Context) -> bool:
         return True
     if not group.path:  # a Pod's spec is immutable after creation
         return False
-    return workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path)
+    return bool(workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path))
 
 
-def _facts(obj: dict, kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> _Facts:
+def _facts(obj: dict[str, Any], kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> _Facts:
     """What matching needs, and which groups request GPUs; computed once per distinct gpuResources list."""
     templates = [workloads.pod_template(obj, g) for g in groups]
     gpu_by_group = {
@@ -134,7 +134,7 @@ def _clone(value: Any) -> Any:
 SHARED_METADATA = ("managedFields",)  # never written by a mutator: shared with the original, not copied
 
 
-def _working_copy(obj: dict) -> dict:
+def _working_copy(obj: dict[str, Any]) -> dict[str, Any]:
     """What the mutators may edit: ``spec`` and ``metadata`` copied, everything else (status...) shared."""
     out = dict(obj)
     if isinstance(obj.get("spec"), dict):
@@ -145,7 +145,7 @@ def _working_copy(obj: dict) -> dict:
     return out
 
 
-def _diff(before: dict, after: dict, pointer: str = "") -> list[dict[str, Any]]:
+def _diff(before: dict[str, Any], after: dict[str, Any], pointer: str = "") -> list[dict[str, Any]]:
     """RFC 6902 patch from ``before`` to ``after``. Walks dicts with C-level ``==`` to the members that
     differ and lets ``jsonpatch`` diff only those, instead of the whole object."""
     ops: list[dict[str, Any]] = []
@@ -170,7 +170,13 @@ def _diff(before: dict, after: dict, pointer: str = "") -> list[dict[str, Any]]:
 
 
 def _targets(
-    obj: dict, kind: Kind, groups: list[Group], facts: _Facts, policy: Policy, ctx: Context, exempt: frozenset[str]
+    obj: dict[str, Any],
+    kind: Kind,
+    groups: list[Group],
+    facts: _Facts,
+    policy: Policy,
+    ctx: Context,
+    exempt: frozenset[str],
 ) -> list[Target]:
     out = []
     for g in groups:
@@ -214,7 +220,7 @@ def _action(policy: Policy, rule_id: str, default: str) -> str:
 
 def _check(targets: list[Target], policy: Policy) -> list[tuple[str, str, Target, Finding]]:
     """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped."""
-    out = []
+    out: list[tuple[str, str, Target, Finding]] = []
     for rule_id, rule in RULES.items():
         action = _action(policy, rule_id, rule.DEFAULT_ACTION)
         if action == "off":
@@ -237,7 +243,9 @@ class _Run:
             self.findings[key] = (denies, Violation(rule_id, policy, path, message))
 
 
-def _exemption(obj: dict, policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision) -> frozenset[str]:
+def _exemption(
+    obj: dict[str, Any], policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision
+) -> frozenset[str]:
     """The ids this object is exempted from under ``policy``; records grants and refusals."""
     req = exemptions.requested(obj)
     if req is None:
@@ -262,7 +270,7 @@ def _exemption(obj: dict, policy: Policy, ctx: Context, mode: str, run: _Run, de
     return frozenset()
 
 
-def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Decision:
+def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy]) -> Decision:
     """Decide what to add to ``obj`` and whether to admit it, under ``policies``.
 
     Unknown kinds, DELETE and CONNECT pass untouched. ``obj`` is never modified.
@@ -324,6 +332,6 @@ def evaluate(obj: dict, context: Context | None, policies: list[Policy]) -> Deci
     return decision
 
 
-def groups_in(obj: dict, wanted: list[Group]) -> list[Group]:
+def groups_in(obj: dict[str, Any], wanted: list[Group]) -> list[Group]:
     """The groups of ``obj`` (a copy) that are among ``wanted``."""
     return [g for g in workloads.groups_of(obj) if g in wanted]

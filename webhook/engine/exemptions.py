@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import Any
 
 from webhook.engine.policy import Policy
 from webhook.engine.target import Context
@@ -33,29 +34,30 @@ class Verdict:
     how: str  # who granted it, when granted; why not, otherwise
 
 
-def _annotations(obj: dict | None) -> dict:
+def _annotations(obj: dict[str, Any] | None) -> dict[str, Any]:
     meta = (obj or {}).get("metadata") or {}
     ann = meta.get("annotations")
     return ann if isinstance(ann, dict) else {}
 
 
-def requested(obj: dict) -> Request | None:
+def requested(obj: dict[str, Any]) -> Request | None:
     """The exemption an object asks for, or None."""
     ann = _annotations(obj)
     raw = ann.get(EXEMPT)
     if not isinstance(raw, str) or not raw.strip():
         return None
     ids = frozenset(part.strip() for part in raw.split(",") if part.strip())
-    reason = ann.get(REASON) if isinstance(ann.get(REASON), str) else ""
+    reason_raw = ann.get(REASON)
+    reason = reason_raw if isinstance(reason_raw, str) else ""
     return Request(ids, reason.strip(), raw)
 
 
-def _controller_owned(obj: dict) -> bool:
+def _controller_owned(obj: dict[str, Any]) -> bool:
     owners = ((obj.get("metadata") or {}).get("ownerReferences")) or []
     return any(isinstance(o, dict) and o.get("controller") for o in owners)
 
 
-def authorize(req: Request, policy: Policy, ctx: Context, obj: dict) -> Verdict:
+def authorize(req: Request, policy: Policy, ctx: Context, obj: dict[str, Any]) -> Verdict:
     """Whether the request may use the exemption ``req`` under ``policy``, and why."""
     cfg = policy.spec.exemptions
     if ctx.operation == "UPDATE" and ctx.old_object is not None:

@@ -74,7 +74,7 @@ def record(n: NodeInfo) -> NodeRecord:
 
 def classify_records(records: Iterable[NodeRecord]) -> tuple[NodeClass, ...]:
     """Fold schedulable nodes into classes of identical scheduling properties."""
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[tuple[Any, ...], list[str]] = {}
     for host, labels, taints, gpus, unschedulable in records:
         if not unschedulable:
             groups.setdefault((labels, taints, gpus), []).append(host)
@@ -99,8 +99,8 @@ class ClusterView:
         return sum(c.count for c in self.classes)
 
 
-def _expr_holds(expr: dict, labels: dict[str, str]) -> bool:
-    key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:
+    key, op, values = str(expr.get("key") or ""), expr.get("operator"), expr.get("values") or []
     present = key in labels
     if op == "In":
         return present and labels[key] in values
@@ -119,7 +119,7 @@ def _expr_holds(expr: dict, labels: dict[str, str]) -> bool:
     return False
 
 
-def _host_ok(term: dict, labels: dict[str, str]) -> bool:
+def _host_ok(term: dict[str, Any], labels: dict[str, str]) -> bool:
     return all(_expr_holds(e, labels) for e in term.get("matchExpressions") or [] if isinstance(e, dict)) and all(
         e.get("key") != "metadata.name" or _expr_holds({**e, "key": "kubernetes.io/hostname"}, labels)
         for e in term.get("matchFields") or []
@@ -127,11 +127,11 @@ def _host_ok(term: dict, labels: dict[str, str]) -> bool:
     )
 
 
-def _tolerated(tolerations: list[dict], key: str, value: str, effect: str) -> bool:
+def _tolerated(tolerations: list[dict[str, Any]], key: str, value: str, effect: str) -> bool:
     return any(podspec.tolerates(t, key, value, effect) for t in tolerations)
 
 
-def eligible_nodes(view: ClusterView, spec: dict, gpu_resources: list[str]) -> int:
+def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
     """How many nodes a pod with ``spec`` could be scheduled on, by selectors, affinity, taints, GPUs.
 
     Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
@@ -141,8 +141,8 @@ def eligible_nodes(view: ClusterView, spec: dict, gpu_resources: list[str]) -> i
     terms = required_node_terms(spec)
     tolerations = podspec.tolerations(spec)
     need = podspec.gpu_count(spec, gpu_resources)
-    taints_ok: dict[tuple, bool] = {}
-    gpus_ok: dict[tuple, bool] = {}
+    taints_ok: dict[tuple[Any, ...], bool] = {}
+    gpus_ok: dict[tuple[Any, ...], bool] = {}
     total = 0
     for cls in view.classes:
         if cls.taints not in taints_ok:

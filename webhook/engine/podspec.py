@@ -13,33 +13,33 @@ from webhook.engine import labels as labelsel
 HOSTNAME = "kubernetes.io/hostname"
 
 
-def child(parent: dict, key: str, empty: type[dict] | type[list]) -> Any:
+def child(parent: dict[str, Any], key: str, empty: type[dict[str, Any]] | type[list[Any]]) -> Any:
     """``parent[key]``, created empty when absent or null (null means absent in the API)."""
     if parent.get(key) is None:
         parent[key] = empty()
     return parent[key]
 
 
-def path_to(parent: dict, *keys: str) -> dict:
+def path_to(parent: dict[str, Any], *keys: str) -> dict[str, Any]:
     """Nested dicts below ``parent``, created (or replacing null) as needed."""
     for key in keys:
         parent = child(parent, key, dict)
     return parent
 
 
-def spec_of(template: dict) -> dict:
+def spec_of(template: dict[str, Any]) -> dict[str, Any]:
     spec = template.get("spec")
     return spec if isinstance(spec, dict) else {}
 
 
-def pod_labels(template: dict, selector: dict[str, Any]) -> dict[str, str]:
+def pod_labels(template: dict[str, Any], selector: dict[str, Any]) -> dict[str, str]:
     """The labels the group's pods will carry: the template's plus those its controller adds."""
     labels = dict((template.get("metadata") or {}).get("labels") or {})
     labels.update(selector.get("matchLabels") or {})
     return labels
 
 
-def containers(spec: dict) -> Iterator[dict]:
+def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for key in ("initContainers", "containers"):
         for c in spec.get(key) or []:
             if isinstance(c, dict):
@@ -59,7 +59,7 @@ def _positive(quantity: Any) -> bool:
     return False
 
 
-def gpu_count(spec: dict, resources: list[str]) -> int:
+def gpu_count(spec: dict[str, Any], resources: list[str]) -> int:
     """Whole GPUs requested by one pod (limits or requests of any container)."""
     total = 0
     for c in containers(spec):
@@ -69,21 +69,21 @@ def gpu_count(spec: dict, resources: list[str]) -> int:
                 value = (res.get(section) or {}).get(name)
                 if _positive(value):
                     try:
-                        total = max(total, int(float(value)))
+                        total = max(total, int(float(value)))  # type: ignore[arg-type]
                     except (TypeError, ValueError):
                         total = max(total, 1)
     return total
 
 
-def requests_gpu(spec: dict, resources: list[str]) -> bool:
+def requests_gpu(spec: dict[str, Any], resources: list[str]) -> bool:
     return gpu_count(spec, resources) > 0
 
 
-def tolerations(spec: dict) -> list[dict]:
+def tolerations(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [t for t in spec.get("tolerations") or [] if isinstance(t, dict)]
 
 
-def tolerates(tol: dict, key: str, value: str | None, effect: str) -> bool:
+def tolerates(tol: dict[str, Any], key: str, value: str | None, effect: str) -> bool:
     """Whether toleration ``tol`` tolerates the taint ``key=value:effect``."""
     if tol.get("effect") and tol.get("effect") != effect:
         return False
@@ -95,14 +95,14 @@ def tolerates(tol: dict, key: str, value: str | None, effect: str) -> bool:
     return op == "Exists" or (tol.get("value") or "") == (value or "")
 
 
-def required_node_terms(spec: dict) -> list[dict]:
+def required_node_terms(spec: dict[str, Any]) -> list[dict[str, Any]]:
     aff = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"
     ) or {}
     return [t for t in aff.get("nodeSelectorTerms") or [] if isinstance(t, dict)]
 
 
-def hosts_allowed_by_term(term: dict) -> set[str] | None:
+def hosts_allowed_by_term(term: dict[str, Any]) -> set[str] | None:
     """Hostnames one nodeSelectorTerm allows; None when it does not restrict the hostname."""
     allowed: set[str] | None = None
     for expr in term.get("matchExpressions") or []:
@@ -116,7 +116,7 @@ def hosts_allowed_by_term(term: dict) -> set[str] | None:
     return allowed
 
 
-def pod_affinity_terms(spec: dict, kind: str, required: bool) -> list[dict]:
+def pod_affinity_terms(spec: dict[str, Any], kind: str, required: bool) -> list[dict[str, Any]]:
     """Affinity terms of ``kind`` ('podAffinity' or 'podAntiAffinity'); preferred ones unwrapped."""
     section = (spec.get("affinity") or {}).get(kind) or {}
     if required:
@@ -128,7 +128,7 @@ def pod_affinity_terms(spec: dict, kind: str, required: bool) -> list[dict]:
     return out
 
 
-def term_selects(term: dict, labels: dict[str, str], namespace: str | None = None) -> bool:
+def term_selects(term: dict[str, Any], labels: dict[str, str], namespace: str | None = None) -> bool:
     """Whether an affinity term's labelSelector selects pods carrying ``labels`` in the pod's own
     namespace (``namespaces``/``namespaceSelector`` may point elsewhere).
 
@@ -147,7 +147,7 @@ def term_selects(term: dict, labels: dict[str, str], namespace: str | None = Non
     return bool(keys) and not selector and all(k in labels for k in keys)
 
 
-def pinned_host(spec: dict) -> tuple[tuple[str, ...], str] | None:
+def pinned_host(spec: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
     """(field steps below ``spec``, host) of a pin that leaves a pod a single node, or None:
     ``nodeName``, a hostname ``nodeSelector``, or required node affinity allowing one host."""
     if spec.get("nodeName"):

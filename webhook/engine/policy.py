@@ -21,7 +21,7 @@ from webhook.engine.workloads import Kind
 API_VERSION = "spreadguard.io/v1alpha1"
 POLICY_KIND = "HAPolicy"
 Mode = Literal["enforce", "warn", "dryrun"]
-RuleId = Literal[tuple(RULE_IDS)]  # type: ignore[valid-type]
+RuleId = Literal[tuple(RULE_IDS)]  # type: ignore[valid-type]  # built from the id list at import
 MODE_STRICTNESS = {"dryrun": 0, "warn": 1, "enforce": 2}
 MODE_LABEL = "spreadguard.io/mode"
 
@@ -173,8 +173,10 @@ class PolicySpec(_Strict):
     exclude: MatchBlock = Field(default_factory=MatchBlock)
     gpuResources: list[str] = Field(default_factory=lambda: ["nvidia.com/gpu", "amd.com/gpu"])
     mutate: Mutations = Field(default_factory=Mutations)
-    rules: dict[RuleId, RuleConfig] = Field(default_factory=dict, description="Per rule id: its action.")
-    exemptions: Exemptions = Field(default_factory=Exemptions)
+    rules: dict[RuleId, RuleConfig] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Per rule id: its action."
+    )
+    exemptions: Exemptions = Field(default_factory=Exemptions)  # type: ignore[arg-type]
 
 
 class Metadata(_Strict):
@@ -208,7 +210,7 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key and sequence item."""
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
     mapping = LineDict()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
@@ -218,14 +220,14 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
     return mapping
 
 
-def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> list:
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> list[Any]:
     seq = LineList(loader.construct_object(child, deep=True) for child in node.value)
     seq.lines = [child.start_mark.line + 1 for child in node.value]
     seq.line = node.start_mark.line + 1
     return seq
 
 
-class LineDict(dict):
+class LineDict(dict[Any, Any]):
     line = 1
 
     def __init__(self, *a: Any, **kw: Any):
@@ -233,7 +235,7 @@ class LineDict(dict):
         self.lines: dict[Any, int] = {}
 
 
-class LineList(list):
+class LineList(list[Any]):
     line = 1
     lines: list[int] = []
 
@@ -242,7 +244,7 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
-def _line_of(doc: Any, loc: tuple) -> int:
+def _line_of(doc: Any, loc: tuple[Any, ...]) -> int:
     """The line of the deepest node of ``loc`` present in ``doc``."""
     line = getattr(doc, "line", 1)
     cur = doc
@@ -258,7 +260,7 @@ def _line_of(doc: Any, loc: tuple) -> int:
     return line
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict[str, Any]) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     got = err.get("input")
@@ -280,7 +282,7 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _loc(loc: tuple) -> str:
+def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for step in loc:
         out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
@@ -310,7 +312,7 @@ def parse_policy_text(text: str, source: str) -> tuple[list[Policy], list[str]]:
                 loc = tuple(
                     s for s in err["loc"] if not (isinstance(s, str) and (s.startswith("function-") or s == "[key]"))
                 )
-                problems.append(f"{source}:{_line_of(doc, loc)}: {_loc(loc)}: {_describe(err)}")
+                problems.append(f"{source}:{_line_of(doc, loc)}: {_loc(loc)}: {_describe(dict(err))}")
     return policies, problems
 
 

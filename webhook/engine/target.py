@@ -23,7 +23,7 @@ class Context:
     groups: tuple[str, ...] = ()
     dry_run: bool = False
     namespace_labels: dict[str, str] = field(default_factory=dict)
-    old_object: dict | None = None
+    old_object: dict[str, Any] | None = None
     cluster: ClusterView | None = None  # the caches' snapshot; None offline (spec-only decisions)
     force_mode: str | None = None  # every policy in this mode (audit: "what would enforce do")
 
@@ -32,10 +32,10 @@ class Context:
 class Target:
     """One group's pod template inside the (mutable copy of the) object."""
 
-    obj: dict
+    obj: dict[str, Any]
     kind: Kind
     group: Group
-    template: dict  # the pod template dict inside ``obj``: mutators edit it in place
+    template: dict[str, Any]  # the pod template dict inside ``obj``: mutators edit it in place
     workload_class: str
     team: str | None
     gpu: bool
@@ -45,7 +45,7 @@ class Target:
     exempt: frozenset[str] = frozenset()  # rule and mutator ids this object is exempted from
 
     @property
-    def spec(self) -> dict:
+    def spec(self) -> dict[str, Any]:
         return spec_of(self.template)
 
     @property

@@ -45,13 +45,13 @@ class TemplateSet:
     ``selector(obj, group_name, node)`` gives the LabelSelector of the pods the controller makes.
     """
 
-    each: Callable[[dict], Iterator[tuple[str, Path, dict]]]
-    replicas: Callable[[dict, dict], int]
-    selector: Callable[[dict, str, dict], dict[str, Any]]
+    each: Callable[[dict[str, Any]], Iterator[tuple[str, Path, dict[str, Any]]]]
+    replicas: Callable[[dict[str, Any], dict[str, Any]], int]
+    selector: Callable[[dict[str, Any], str, dict[str, Any]], dict[str, Any]]
     add_group_label: bool = False  # pod names unknown at admission: spreadguard labels the group
     role: Callable[[str], str] = lambda name: ""
     job_spec: bool = False  # each template sits directly in a batch JobSpec (``path[:-1]``)
-    gang: Callable[[dict], dict[str, str]] | None = None  # labels of every pod of a training gang
+    gang: Callable[[dict[str, Any]], dict[str, str]] | None = None  # labels of every pod of a training gang
 
 
 @dataclass(frozen=True)
@@ -100,23 +100,23 @@ def _int(value: Any, default: int) -> int:
     return default
 
 
-def _name(obj: dict) -> str:
+def _name(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     return meta.get("name") or meta.get("generateName") or ""
 
 
-def _single(path: Path, group: str = "pods") -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
-    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+def _single(path: Path, group: str = "pods") -> Callable[[dict[str, Any]], Iterator[tuple[str, Path, dict[str, Any]]]]:
+    def each(obj: dict[str, Any]) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         if isinstance(get(obj, path), dict):
             yield group, path, obj.get("spec") or {}
 
     return each
 
 
-def _mapping(base: Path) -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
+def _mapping(base: Path) -> Callable[[dict[str, Any]], Iterator[tuple[str, Path, dict[str, Any]]]]:
     """Kubeflow ``*ReplicaSpecs``: a map of replica type to {replicas, template}."""
 
-    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+    def each(obj: dict[str, Any]) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         specs = get(obj, base)
         if isinstance(specs, dict):
             for rtype, spec in specs.items():
@@ -126,10 +126,10 @@ def _mapping(base: Path) -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
     return each
 
 
-def _list(base: Path, template: Path, name_key: str = "name") -> Callable[..., Iterator]:
+def _list(base: Path, template: Path, name_key: str = "name") -> Callable[..., Iterator[Any]]:
     """A list of named groups, each with its template at ``template`` below the entry."""
 
-    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+    def each(obj: dict[str, Any]) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         items = get(obj, base)
         if isinstance(items, list):
             for i, item in enumerate(items):
@@ -139,7 +139,7 @@ def _list(base: Path, template: Path, name_key: str = "name") -> Callable[..., I
     return each
 
 
-def _selector_labels(obj: dict, _group: str, _node: dict) -> dict[str, str]:
+def _selector_labels(obj: dict[str, Any], _group: str, _node: dict[str, Any]) -> dict[str, str]:
     """Deployment-like kinds: the pods are those of ``spec.selector.matchLabels``."""
     labels = get(obj, ("spec", "selector", "matchLabels"))
     if not (isinstance(labels, dict) and labels) or get(obj, ("spec", "selector", "matchExpressions")):
@@ -147,25 +147,29 @@ def _selector_labels(obj: dict, _group: str, _node: dict) -> dict[str, str]:
     return {k: v for k, v in labels.items() if k not in POD_VOLATILE_LABELS}
 
 
-def _kubeflow_gang(obj: dict) -> dict[str, str]:
+def _kubeflow_gang(obj: dict[str, Any]) -> dict[str, str]:
     return {"training.kubeflow.org/job-name": _name(obj)}
 
 
-def _kubeflow(obj: dict, rtype: str, _node: dict) -> dict[str, str]:
+def _kubeflow(obj: dict[str, Any], rtype: str, _node: dict[str, Any]) -> dict[str, str]:
     return {"training.kubeflow.org/job-name": _name(obj), "training.kubeflow.org/replica-type": rtype.lower()}
 
 
-def _match(labels: Callable[[dict, str, dict], dict[str, str]]) -> Callable[[dict, str, dict], dict]:
+def _match(
+    labels: Callable[[dict[str, Any], str, dict[str, Any]], dict[str, str]],
+) -> Callable[[dict[str, Any], str, dict[str, Any]], dict[str, Any]]:
     """A selector function from a label function: ``{"matchLabels": labels}`` (empty when none)."""
 
-    def selector(obj: dict, group: str, node: dict) -> dict[str, Any]:
+    def selector(obj: dict[str, Any], group: str, node: dict[str, Any]) -> dict[str, Any]:
         found = labels(obj, group, node)
         return {"matchLabels": found} if found else {}
 
     return selector
 
 
-def _group_label(prefix: Callable[[dict], str]) -> Callable[[dict, str, dict], dict[str, Any]]:
+def _group_label(
+    prefix: Callable[[dict[str, Any]], str],
+) -> Callable[[dict[str, Any], str, dict[str, Any]], dict[str, Any]]:
     return _match(lambda obj, group, _n: {GROUP_LABEL: f"{prefix(obj)}{group}"[:63].rstrip("-_.")})
 
 
@@ -173,10 +177,10 @@ LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
 LWS_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
-def _lws_selector(leader: bool) -> Callable[[dict, str, dict], dict[str, Any]]:
+def _lws_selector(leader: bool) -> Callable[[dict[str, Any], str, dict[str, Any]], dict[str, Any]]:
     """Leaders are worker-index 0; workers are the rest, or every pod when there is no leaderTemplate."""
 
-    def selector(obj: dict, _group: str, _node: dict) -> dict[str, Any]:
+    def selector(obj: dict[str, Any], _group: str, _node: dict[str, Any]) -> dict[str, Any]:
         name = {LWS_NAME: _name(obj)}
         if leader:
             return {"matchLabels": {**name, LWS_INDEX: "0"}}
@@ -190,22 +194,22 @@ def _lws_selector(leader: bool) -> Callable[[dict, str, dict], dict[str, Any]]:
     return selector
 
 
-def _lws_workers(obj: dict, _node: dict) -> int:
+def _lws_workers(obj: dict[str, Any], _node: dict[str, Any]) -> int:
     lwt = get(obj, ("spec", "leaderWorkerTemplate")) or {}
     size = _int(lwt.get("size"), 1)
     per_group = size - 1 if isinstance(lwt.get("leaderTemplate"), dict) else size
     return _int(get(obj, ("spec", "replicas")), 1) * max(per_group, 0)
 
 
-def _ray_replicas(_obj: dict, node: dict) -> int:
+def _ray_replicas(_obj: dict[str, Any], node: dict[str, Any]) -> int:
     if "rayStartParams" in node and "groupName" not in node:  # head group
         return 1
     count = _int(node.get("replicas"), _int(node.get("minReplicas"), 1))
     return count * max(_int(node.get("numOfHosts"), 1), 1)
 
 
-def _ray_groups(base: Path) -> Callable[[dict], Iterator[tuple[str, Path, dict]]]:
-    def each(obj: dict) -> Iterator[tuple[str, Path, dict]]:
+def _ray_groups(base: Path) -> Callable[[dict[str, Any]], Iterator[tuple[str, Path, dict[str, Any]]]]:
+    def each(obj: dict[str, Any]) -> Iterator[tuple[str, Path, dict[str, Any]]]:
         head = get(obj, (*base, "headGroupSpec"))
         if isinstance(head, dict) and isinstance(head.get("template"), dict):
             yield "headgroup", (*base, "headGroupSpec", "template"), head
@@ -412,7 +416,7 @@ TRAINING_GROUPS = {g for g, _ in KINDS if g not in ("", "apps", "batch")}
 # ------------------------------------------------------------------------------ public API
 
 
-def kind_of(obj: dict) -> Kind | None:
+def kind_of(obj: dict[str, Any]) -> Kind | None:
     """The table entry for ``obj`` (by API group and kind), or None for kinds we do not know."""
     api_version = obj.get("apiVersion")
     kind = obj.get("kind")
@@ -437,7 +441,7 @@ def _lws_pod_group(labels: dict[str, str]) -> Group:
     )
 
 
-def pod_group(pod: dict) -> Group | None:
+def pod_group(pod: dict[str, Any]) -> Group | None:
     """The group a Pod belongs to, from its labels and ownerReferences; None for a lone Pod."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -463,7 +467,7 @@ def pod_group(pod: dict) -> Group | None:
     return None
 
 
-def groups_of(obj: dict) -> list[Group]:
+def groups_of(obj: dict[str, Any]) -> list[Group]:
     """Every replica group of ``obj``: templates of a workload, or the Pod's own group."""
     kind = kind_of(obj)
     if kind is None:
@@ -493,19 +497,19 @@ def groups_of(obj: dict) -> list[Group]:
     return out
 
 
-def pod_template(obj: dict, group: Group) -> dict:
+def pod_template(obj: dict[str, Any], group: Group) -> dict[str, Any]:
     """The pod template (``{"metadata":..., "spec":...}``) of ``group`` inside ``obj``."""
     return obj if not group.path else get(obj, group.path) or {}
 
 
-def workload_class(obj: dict, kind: Kind, templates: list[dict]) -> str:
+def workload_class(obj: dict[str, Any], kind: Kind, templates: list[dict[str, Any]]) -> str:
     """``training`` or ``serving``: the label ``spreadguard.io/workload`` wins, else the kind's default."""
     for labels in [(obj.get("metadata") or {}).get("labels") or {}] + [
         (t.get("metadata") or {}).get("labels") or {} for t in templates
     ]:
         value = labels.get(WORKLOAD_LABEL)
         if value in ("training", "serving"):
-            return value
+            return str(value)
     if kind.kind == "Pod" and kind.group == "":
         owners = {o.get("kind") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
         if owners & POD_OWNER_KINDS:

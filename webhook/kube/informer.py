@@ -79,7 +79,7 @@ def _s(value: Any) -> str:
     return sys.intern(value if isinstance(value, str) else str(value))
 
 
-def node_record(raw: dict, interner: _Interner) -> tuple[str, NodeRecord] | None:
+def node_record(raw: dict[str, Any], interner: _Interner) -> tuple[str, NodeRecord] | None:
     """A Node object (dict form, as the API sends it) as (name, compact record); None without a name."""
     info = node_from_api(raw)
     if not info.name:
@@ -93,7 +93,7 @@ def node_record(raw: dict, interner: _Interner) -> tuple[str, NodeRecord] | None
     return name, (host, labels, taints, gpus, info.unschedulable)
 
 
-def namespace_record(raw: dict, _interner: _Interner) -> tuple[str, dict[str, str]] | None:
+def namespace_record(raw: dict[str, Any], _interner: _Interner) -> tuple[str, dict[str, str]] | None:
     """A Namespace object as (name, labels); the labels dict is never changed afterwards (shared by views)."""
     meta = raw.get("metadata") or {}
     name = meta.get("name")
@@ -156,7 +156,7 @@ class _Resource:
 
     kind: str  # "nodes" / "namespaces"
     lister: Callable[..., Any]
-    record: Callable[[dict, _Interner], tuple[str, Any] | None]
+    record: Callable[[dict[str, Any], _Interner], tuple[str, Any] | None]
     items: dict[str, Any] = field(default_factory=dict)
     interner: _Interner = field(default_factory=_Interner)
     resource_version: str = ""
@@ -483,7 +483,7 @@ class ClusterCache:
         res.watch_open = False
         return healthy  # a stream the server closes at once, again and again, must not spin
 
-    def _apply(self, res: _Resource, event: dict) -> None:
+    def _apply(self, res: _Resource, event: dict[str, Any]) -> None:
         """One watch event (``type`` and ``raw_object``, the object as parsed JSON)."""
         kind = event.get("type")
         obj = event.get("raw_object")

@@ -90,7 +90,9 @@ class Session:
     context: str
 
 
-def _context_namespace(contexts: list[dict], name: str | None, active: dict | None) -> tuple[str, str]:
+def _context_namespace(
+    contexts: list[dict[str, Any]], name: str | None, active: dict[str, Any] | None
+) -> tuple[str, str]:
     chosen = next((c for c in contexts if c.get("name") == name), None) if name else active
     ctx = (chosen or {}).get("context") or {}
     return (chosen or {}).get("name", ""), ctx.get("namespace") or "default"
@@ -155,7 +157,7 @@ class Scan:
     def _where(self) -> str:
         return f"in namespace {self.namespace}" if self.namespace else "at cluster scope (all namespaces)"
 
-    def _get(self, call: Callable[..., Any], what: str, **kw: Any) -> dict:
+    def _get(self, call: Callable[..., Any], what: str, **kw: Any) -> dict[str, Any]:
         """One GET through the client, parsed as JSON; connection problems raise ClusterError."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
@@ -214,7 +216,9 @@ class Scan:
                 self.notes.append(f"{ak.kind} ({ak.resource}) is not served by this cluster: skipped")
         return list(self._served)
 
-    def _served_version(self, ak: ApiKind, group: dict | None, custom: Any, cache: dict) -> str | None:
+    def _served_version(
+        self, ak: ApiKind, group: dict[str, Any] | None, custom: Any, cache: dict[str, Any]
+    ) -> str | None:
         from kubernetes.client.exceptions import ApiException
 
         if not group:
@@ -265,7 +269,7 @@ class Scan:
             return lambda **kw: custom.list_cluster_custom_object(ak.group, version, ak.plural, **kw)
         return lambda **kw: custom.list_namespaced_custom_object(ak.group, version, ns, ak.plural, **kw)
 
-    def _pages(self, ak: ApiKind, version: str) -> Iterator[dict]:
+    def _pages(self, ak: ApiKind, version: str) -> Iterator[dict[str, Any]]:
         from kubernetes.client.exceptions import ApiException
 
         call = self._lister(ak, version)
@@ -306,7 +310,7 @@ class Scan:
             )
         return f"cannot list {ak.resource} {self._where()}: HTTP {exc.status} {_status_message(exc)}"
 
-    def namespaces(self) -> Iterator[dict]:
+    def namespaces(self) -> Iterator[dict[str, Any]]:
         """The Namespace objects in scope (their labels feed team tolerations); a note when not readable."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -322,7 +326,7 @@ class Scan:
             why = "forbidden" if exc.status == 403 else f"HTTP {exc.status}"
             self.notes.append(f"cannot {verb} ({why}): team tolerations from namespace labels are not applied")
 
-    def objects(self) -> Iterator[dict]:
+    def objects(self) -> Iterator[dict[str, Any]]:
         """Every object of every served kind, owners first, page by page."""
         for ak, version in self._served or self.discover():
             yield from self._pages(ak, version)

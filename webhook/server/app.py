@@ -132,7 +132,7 @@ def _read_body(endpoint: str) -> bytes | Response:
     return data
 
 
-def _uid_of(body: dict | None, raw: bytes) -> str | None:
+def _uid_of(body: dict[str, Any] | None, raw: bytes) -> str | None:
     """The request uid if it can be known, from the parsed ``body`` or, failing that, from ``raw``."""
     if body is None:
         try:
@@ -144,7 +144,7 @@ def _uid_of(body: dict | None, raw: bytes) -> str | None:
     return uid if isinstance(uid, str) and uid else None
 
 
-def _fail_open(uid: str, exc: BaseException) -> dict:
+def _fail_open(uid: str, exc: BaseException) -> dict[str, Any]:
     """An allowing AdmissionReview for a request spreadguard failed on: never block a healthy cluster."""
     reason = one_line(f"{type(exc).__name__}: {exc}", _MAX_WARNING_CHARS)
     return {
@@ -198,10 +198,10 @@ class _Record:
     def finish(self) -> None:
         seconds = time.perf_counter() - self.started
         req = self.req
-        kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
-        obj = req.get("object") if isinstance(req.get("object"), dict) else {}
+        kind: dict[str, Any] = _dict(req.get("kind"))
+        obj: dict[str, Any] = _dict(req.get("object"))
         kind_name = str(kind.get("kind") or obj.get("kind") or "")
-        operation = req.get("operation") if isinstance(req.get("operation"), str) else ""
+        operation = str(req.get("operation") or "")
         outcome = self.outcome()
         try:
             metrics.observe_admission(
@@ -219,11 +219,11 @@ class _Record:
                 extra={"fields": self._fields(kind_name, operation, obj, outcome, seconds)},
             )
 
-    def _fields(self, kind: str, operation: str, obj: dict, outcome: str, seconds: float) -> dict[str, Any]:
+    def _fields(self, kind: str, operation: str, obj: dict[str, Any], outcome: str, seconds: float) -> dict[str, Any]:
         req, d = self.req, self.decision
         judged = d if self.endpoint == "validate" else None  # findings are judged on /validate only
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-        user = req.get("userInfo") if isinstance(req.get("userInfo"), dict) else {}
+        meta: dict[str, Any] = _dict(obj.get("metadata"))
+        user: dict[str, Any] = _dict(req.get("userInfo"))
         fields: dict[str, Any] = {
             "uid": req.get("uid"),
             "endpoint": self.endpoint,
@@ -269,7 +269,7 @@ def _answer(app: Flask, endpoint: str, record: _Record) -> Response:
     if not raw.strip():
         record.error = "empty request body"
         return _error("empty request body: expected an AdmissionReview (admission.k8s.io/v1)")
-    body: dict | None = None
+    body: dict[str, Any] | None = None
     try:
         body = admission.parse_review(raw)
         req = body["request"]
@@ -369,7 +369,7 @@ def create_app(policies_dir: str | Path, tls_cert: str | Path | None = None) -> 
         response = exc.get_response()
         response.set_data(json.dumps({"error": one_line(f"{exc.code} {exc.name}: {detail}")}, separators=(",", ":")))
         response.mimetype = "application/json"
-        return response
+        return response  # type: ignore[return-value]
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
@@ -424,3 +424,8 @@ def worker_started(app: Flask, reload_interval: float = DEFAULT_INTERVAL_SECONDS
     if reload_interval > 0:
         return watcher.start()
     return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (requests are untrusted)."""
+    return value if isinstance(value, dict) else {}

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from webhook.engine.policy import Policy, PolicyError, load_policies
 from webhook.server import metrics
@@ -39,7 +40,7 @@ class ReloadStatus:
     at: float
     errors: tuple[str, ...] = ()
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "errors": list(self.errors), "at": round(self.at, 3)}
 
 

@@ -68,7 +68,8 @@ def check_review(body: Any) -> None:
 
 def context_of(req: dict[str, Any]) -> Context:
     user = req.get("userInfo") or {}
-    groups = user.get("groups") if isinstance(user.get("groups"), list) else []
+    raw_groups = user.get("groups")
+    groups: list[Any] = raw_groups if isinstance(raw_groups, list) else []
     return Context(
         operation=req.get("operation") or "CREATE",
         namespace=req.get("namespace") or "",

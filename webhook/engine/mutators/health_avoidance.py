@@ -3,13 +3,15 @@ affinity ``NotIn`` for each label the policy lists (added to every term the user
 
 from __future__ import annotations
 
+from typing import Any
+
 from webhook.engine import podspec
 from webhook.engine.target import Target
 
 ID = "health-avoidance"
 
 
-def _has(term: dict, key: str, values: list[str]) -> bool:
+def _has(term: dict[str, Any], key: str, values: list[str]) -> bool:
     return any(
         isinstance(e, dict)
         and e.get("key") == key

@@ -4,6 +4,8 @@ consuming ``backoffLimit``. Never replaces a user's own podFailurePolicy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from webhook.engine.target import Target
 from webhook.engine.workloads import get
 
@@ -19,7 +21,9 @@ def mutate(t: Target) -> str | None:
     job = get(t.obj, t.group.job_path)
     if not isinstance(job, dict) or "podFailurePolicy" in job:
         return None
-    rules: list[dict] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]
     if cfg.deviceFailureExitCodes:
         codes = sorted(set(cfg.deviceFailureExitCodes))
         rules.append({"action": "Ignore", "onExitCodes": {"operator": "In", "values": codes}})

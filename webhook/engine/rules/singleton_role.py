@@ -3,6 +3,8 @@ without GCS fault tolerance) whose loss stops the whole job."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from webhook.engine.target import Finding, Target
 from webhook.engine.workloads import get
 
@@ -17,7 +19,7 @@ FIX = {
 }
 
 
-def _ray_fault_tolerant(obj: dict) -> bool:
+def _ray_fault_tolerant(obj: dict[str, Any]) -> bool:
     ann = (obj.get("metadata") or {}).get("annotations") or {}
     if str(ann.get("ray.io/ft-enabled", "")).lower() == "true":
         return True
