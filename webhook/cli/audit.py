@@ -1,4 +1,4 @@
-"""``spreadguard audit``: argparse wiring and the command (the work is in audit.py and cluster.py)."""
+"""``spreadguard audit``: argparse wiring and the command (the work is in webhook/audit/ and webhook/kube/)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ examples:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``audit`` to the ``spreadguard`` sub-commands."""
-    from webhook.audit.auditor import FAIL_ON, WRITERS
+    from webhook.audit.auditor import FAIL_ON
+    from webhook.audit.report import WRITERS
     from webhook.cli.common import formatter as _formatter
 
     p = subparsers.add_parser(
@@ -117,6 +118,8 @@ class _Progress:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from webhook.audit import auditor as audit
+    from webhook.audit import manifests, report
+    from webhook.audit.results import InputError
     from webhook.engine.policy import PolicyError, load_policies
     from webhook.kube import listing as cluster
 
@@ -147,17 +150,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
         pdbs_first=args.cluster,  # the scan lists PDBs first: no per-object index is kept
     )
     color = args.output == "table" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    writer = audit.WRITERS[args.output](sys.stdout, fail_on=args.fail_on, color=color, verbose=args.verbose)
+    writer = report.WRITERS[args.output](sys.stdout, fail_on=args.fail_on, color=color, verbose=args.verbose)
     notes: list[str] = []
 
-    def error(e: audit.InputError) -> None:
+    def error(e: InputError) -> None:
         print(f"spreadguard: {e.text()}", file=sys.stderr)
         writer.error(e)
 
     if args.filename:
-        for doc in audit.read_documents(args.filename, recursive=args.recursive):
+        for doc in manifests.read_documents(args.filename, recursive=args.recursive):
             if doc.error is not None:
-                error(audit.InputError(doc.source, doc.error))
+                error(InputError(doc.source, doc.error))
             elif doc.obj is not None:
                 result = auditor.audit(doc.obj, doc.source)
                 if result is not None:
@@ -170,7 +173,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
             def on_error(message: str) -> None:
                 progress.clear()
-                error(audit.InputError("cluster", message))
+                error(InputError("cluster", message))
 
             scan = cluster.Scan(
                 session,
@@ -192,7 +195,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     writer.add(result)
         except cluster.ClusterError as exc:  # lost the API server mid-scan: report what was audited
             progress.clear()
-            error(audit.InputError("cluster", str(exc)))
+            error(InputError("cluster", str(exc)))
         progress.clear()
         notes = scan.notes
     for result in auditor.finish():
