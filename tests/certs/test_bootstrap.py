@@ -682,7 +682,7 @@ def test_no_cluster(
     args = ["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET, "--webhook", HOOK]
     assert cli_main([*args, "--kubeconfig", str(nothing)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot reach the Kubernetes API at https://127.0.0.1:" in err, err
+    assert err.count("\n") == 1 and "cannot reach the API server at https://127.0.0.1:" in err, err
 
     assert cli_main([*args, "--kubeconfig", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -61,6 +61,14 @@ class Kind:
     workload_class: str  # "training" or "serving": default when the object does not say
     templates: tuple[TemplateSet, ...]
     note: str = ""  # said in a warning when the kind is handled specially
+    plural: str = ""  # REST resource name: what the API path, RBAC and kubectl call it
+    versions: tuple[str, ...] = ("v1",)  # versions spreadguard reads, preferred first
+    depth: int = 0  # controllers that can sit above it (Deployment 0 > ReplicaSet 1 > Pod 3): owners list first
+
+    @property
+    def resource(self) -> str:
+        """``pods``, ``deployments.apps``, ``pytorchjobs.kubeflow.org``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -229,7 +237,7 @@ _DEPLOYMENT_LIKE = TemplateSet(
 )
 
 
-def _kubeflow_kind(kind: str, field_name: str) -> Kind:
+def _kubeflow_kind(kind: str, field_name: str, versions: tuple[str, ...] = ("v1",)) -> Kind:
     return Kind(
         "kubeflow.org",
         kind,
@@ -243,14 +251,16 @@ def _kubeflow_kind(kind: str, field_name: str) -> Kind:
                 gang=_kubeflow_gang,
             ),
         ),
+        plural=f"{kind.lower()}s",
+        versions=versions,
     )
 
 
 _KINDS: list[Kind] = [
-    Kind("", "Pod", "training", ()),  # Pods are matched to their group by POD_GROUP_LABELS
-    Kind("apps", "Deployment", "serving", (_DEPLOYMENT_LIKE,)),
-    Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,)),
-    Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,)),
+    Kind("", "Pod", "training", (), plural="pods", depth=3),  # Pods are matched to their group by POD_GROUP_LABELS
+    Kind("apps", "Deployment", "serving", (_DEPLOYMENT_LIKE,), plural="deployments"),
+    Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,), plural="statefulsets", depth=1),
+    Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,), plural="replicasets", depth=1),
     Kind(
         "batch",
         "Job",
@@ -263,6 +273,8 @@ _KINDS: list[Kind] = [
                 job_spec=True,
             ),
         ),
+        plural="jobs",
+        depth=2,
     ),
     Kind(
         "batch",
@@ -277,10 +289,11 @@ _KINDS: list[Kind] = [
                 job_spec=True,
             ),
         ),
+        plural="cronjobs",
     ),
     _kubeflow_kind("PyTorchJob", "pytorchReplicaSpecs"),
     _kubeflow_kind("TFJob", "tfReplicaSpecs"),
-    _kubeflow_kind("MPIJob", "mpiReplicaSpecs"),
+    _kubeflow_kind("MPIJob", "mpiReplicaSpecs", ("v2beta1", "v1")),
     _kubeflow_kind("XGBoostJob", "xgbReplicaSpecs"),
     Kind(
         "trainer.kubeflow.org",
@@ -289,6 +302,8 @@ _KINDS: list[Kind] = [
         (),
         note="TrainJob {name}: its pods come from the training runtime, so spreadguard places them "
         "when the runtime's JobSet creates them (Pod backstop, group jobset.sigs.k8s.io/jobset-name={name})",
+        plural="trainjobs",
+        versions=("v1alpha1",),
     ),
     Kind(
         "jobset.x-k8s.io",
@@ -310,6 +325,9 @@ _KINDS: list[Kind] = [
                 gang=lambda obj: {"jobset.sigs.k8s.io/jobset-name": _name(obj)},
             ),
         ),
+        plural="jobsets",
+        versions=("v1alpha2",),
+        depth=1,
     ),
     Kind(
         "leaderworkerset.x-k8s.io",
@@ -328,6 +346,7 @@ _KINDS: list[Kind] = [
                 selector=_lws_selector(leader=False),
             ),
         ),
+        plural="leaderworkersets",
     ),
     Kind(
         "ray.io",
@@ -341,6 +360,9 @@ _KINDS: list[Kind] = [
                 role=lambda name: "head" if name == "headgroup" else "",
             ),
         ),
+        plural="rayclusters",
+        versions=("v1", "v1alpha1"),
+        depth=1,
     ),
     Kind(
         "ray.io",
@@ -355,6 +377,8 @@ _KINDS: list[Kind] = [
                 role=lambda name: "head" if name == "headgroup" else "",
             ),
         ),
+        plural="rayjobs",
+        versions=("v1", "v1alpha1"),
     ),
     Kind(
         "batch.volcano.sh",
@@ -371,6 +395,8 @@ _KINDS: list[Kind] = [
                 gang=lambda obj: {"volcano.sh/job-name": _name(obj)},
             ),
         ),
+        plural="jobs",
+        versions=("v1alpha1",),
     ),
 ]
 
