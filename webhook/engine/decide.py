@@ -17,12 +17,13 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import exemptions, podspec, workloads
+from webhook.engine import exemptions, model, workloads
+from webhook.engine.model import Workload, WorkloadFacts
 from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
-from webhook.engine.policy import Facts, Policy, effective_mode, matches
+from webhook.engine.policy import Policy, effective_mode, matches
 from webhook.engine.rules import EXEMPTION_RULES, RULE_IDS, RULES
 from webhook.engine.target import Context, Finding, Target
-from webhook.engine.workloads import Group, Kind
+from webhook.engine.workloads import Group
 
 __all__ = ["Context", "Decision", "Violation", "evaluate"]
 
@@ -44,7 +45,6 @@ class Violation:
 class Decision:
     """What spreadguard decides for one object."""
 
-    allowed: bool = True
     patch: list[dict[str, Any]] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)  # the ones that deny
     advisories: list[Violation] = field(default_factory=list)  # findings that did not deny
@@ -58,20 +58,21 @@ class Decision:
     mutated: dict[str, Any] | None = None  # the object after the patch
 
     @property
+    def allowed(self) -> bool:
+        """Admitted unless a finding denies."""
+        return not self.violations
+
+    @property
     def warnings(self) -> list[str]:
         """Everything a user should read besides the denial: findings, dryrun changes, notes."""
         return [v.text() for v in self.advisories] + self.dryrun + self.info
 
 
-def _labels_of(obj: dict[str, Any]) -> dict[str, str]:
-    labels = (obj.get("metadata") or {}).get("labels")
-    return labels if isinstance(labels, dict) else {}
-
-
 def _team(obj: dict[str, Any], template: dict[str, Any], policy: Policy, ctx: Context) -> str | None:
     """Team: the pod template's label, the object's label, the policy's namespace map, the namespace label."""
-    for labels in (_labels_of(template), _labels_of(obj)):
-        if labels.get(workloads.TEAM_LABEL):
+    for meta in (template.get("metadata"), obj.get("metadata")):
+        labels = meta.get("labels") if isinstance(meta, dict) else None
+        if isinstance(labels, dict) and labels.get(workloads.TEAM_LABEL):
             return str(labels[workloads.TEAM_LABEL])
     cfg = policy.spec.mutate.teamTolerations
     if cfg and ctx.namespace in cfg.namespaceTeams:
@@ -90,33 +91,6 @@ def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
     if not group.path:  # a Pod's spec is immutable after creation
         return False
     return bool(workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path))
-
-
-def _facts(obj: dict[str, Any], kind: Kind, groups: list[Group], namespace: str, gpu_resources: list[str]) -> _Facts:
-    """What matching needs, and which groups request GPUs; computed once per distinct gpuResources list."""
-    templates = [workloads.pod_template(obj, g) for g in groups]
-    gpu_by_group = {
-        g.path: podspec.requests_gpu(podspec.spec_of(t), gpu_resources) for g, t in zip(groups, templates, strict=True)
-    }
-    gpu = any(gpu_by_group.values())
-    if kind.kind == "TrainJob":  # no pod template: resources live in spec.trainer
-        res = workloads.get(obj, ("spec", "trainer", "resourcesPerNode")) or {}
-        gpu = podspec.requests_gpu({"containers": [{"resources": res}]}, gpu_resources)
-    facts = Facts(
-        kind=kind,
-        namespace=namespace,
-        labels=[_labels_of(obj)] + [_labels_of(t) for t in templates],
-        workload_class=workloads.workload_class(obj, kind, templates),
-        gpu=gpu,
-        largest_group=max((g.replicas or 1 for g in groups), default=0),
-    )
-    return _Facts(facts, gpu_by_group)
-
-
-@dataclass(frozen=True)
-class _Facts:
-    policy: Facts  # for policy matching
-    gpu_by_group: dict[workloads.Path, bool]  # by group path (no mutator touches resources)
 
 
 def _clone(value: Any) -> Any:
@@ -170,35 +144,31 @@ def _diff(before: dict[str, Any], after: dict[str, Any], pointer: str = "") -> l
 
 
 def _targets(
-    obj: dict[str, Any],
-    kind: Kind,
-    groups: list[Group],
-    facts: _Facts,
+    copy: dict[str, Any],
+    workload: Workload,
+    only: list[Group] | None,
+    facts: WorkloadFacts,
     policy: Policy,
     ctx: Context,
     exempt: frozenset[str],
 ) -> list[Target]:
-    out = []
-    for g in groups:
-        template = workloads.pod_template(obj, g)
-        if not isinstance(template, dict):
-            continue
-        out.append(
-            Target(
-                obj=obj,
-                kind=kind,
-                group=g,
-                template=template,
-                workload_class=facts.policy.workload_class,
-                team=_team(obj, template, policy, ctx),
-                gpu=facts.gpu_by_group.get(g.path, False),
-                policy_name=policy.name,
-                policy=policy.spec,
-                context=ctx,
-                exempt=exempt,
-            )
+    """One target per group (``only`` those, when given), bound to its template inside ``copy``."""
+    return [
+        Target(
+            obj=copy,
+            kind=workload.kind,
+            group=group,
+            template=template,
+            workload_class=workload.workload_class,
+            team=_team(copy, template, policy, ctx),
+            gpu=facts.gpu_by_group.get(group.path, False),
+            policy_name=policy.name,
+            policy=policy.spec,
+            context=ctx,
+            exempt=exempt,
         )
-    return out
+        for group, template in workload.templates_in(copy, only)
+    ]
 
 
 def _mutate(targets: list[Target]) -> list[str]:
@@ -277,13 +247,14 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     """
     ctx = context or Context()
     decision = Decision(mutated=obj)
-    kind = workloads.kind_of(obj) if isinstance(obj, dict) else None
-    if kind is None or ctx.operation not in ACTING_OPERATIONS:
+    if ctx.operation not in ACTING_OPERATIONS:
         return decision
-    namespace = ctx.namespace or (obj.get("metadata") or {}).get("namespace") or ""
-    if kind.note:
-        name = (obj.get("metadata") or {}).get("name") or ""
-        decision.info.append(kind.note.format(name=name))
+    workload = model.read(obj, ctx.namespace)
+    if workload is None:
+        return decision
+    namespace = workload.namespace
+    if workload.kind.note:
+        decision.info.append(workload.kind.note.format(name=workload.name))
 
     view = ctx.cluster
     if view is not None:
@@ -293,17 +264,12 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
             decision.info.append(f"cluster view not synced ({view.error or 'starting'}): decided from the spec alone")
 
     mutated = _working_copy(obj)
-    groups = workloads.groups_of(mutated)
-    touched = [g for g in groups if _touched(g, obj, ctx)]
+    touched = [m.group for m in workload.groups if _touched(m.group, obj, ctx)]
     run = _Run()
     owners: set[str] = set()
 
-    facts_by_resources: dict[tuple[str, ...], _Facts] = {}
     for policy in sorted(policies, key=lambda p: p.name):
-        key = tuple(policy.spec.gpuResources)
-        if key not in facts_by_resources:
-            facts_by_resources[key] = _facts(obj, kind, groups, namespace, policy.spec.gpuResources)
-        facts = facts_by_resources[key]
+        facts = workload.facts(policy.spec.gpuResources)
         if not matches(policy, facts.policy):
             continue
         mode = ctx.force_mode or effective_mode(policy, namespace, ctx.namespace_labels)
@@ -312,26 +278,20 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         exempt = _exemption(obj, policy, ctx, mode, run, decision)
         if mode == "dryrun":
             scratch = _working_copy(mutated)
-            would = _mutate(_targets(scratch, kind, groups_in(scratch, touched), facts, policy, ctx, exempt))
+            would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt))
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
             decision.dryrun_patch.extend(_diff(mutated, scratch))
         else:
-            targets = _targets(mutated, kind, touched, facts, policy, ctx, exempt)
+            targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt)
             owners |= {t.placement_owner for t in targets if t.placement_owner}
             decision.notes.extend(_mutate(targets))
-        for rule_id, action, target, f in _check(_targets(mutated, kind, groups, facts, policy, ctx, exempt), policy):
+        for rule_id, action, target, f in _check(_targets(mutated, workload, None, facts, policy, ctx, exempt), policy):
             denies = mode == "enforce" and action == "deny" and target.group in touched
             run.add(rule_id, policy.name, f.path, f.message, denies)
 
     decision.info.extend(f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(owners))
     for denies, v in run.findings.values():
         (decision.violations if denies else decision.advisories).append(v)
-    decision.allowed = not decision.violations
     decision.patch = _diff(obj, mutated)
     decision.mutated = mutated
     return decision
-
-
-def groups_in(obj: dict[str, Any], wanted: list[Group]) -> list[Group]:
-    """The groups of ``obj`` (a copy) that are among ``wanted``."""
-    return [g for g in workloads.groups_of(obj) if g in wanted]

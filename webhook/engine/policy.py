@@ -19,7 +19,6 @@ from webhook.engine.ids import RULE_IDS
 from webhook.engine.workloads import Kind
 
 API_VERSION = "spreadguard.io/v1alpha1"
-POLICY_KIND = "HAPolicy"
 Mode = Literal["enforce", "warn", "dryrun"]
 RuleId = Literal[tuple(RULE_IDS)]  # type: ignore[valid-type]  # built from the id list at import
 MODE_STRICTNESS = {"dryrun": 0, "warn": 1, "enforce": 2}

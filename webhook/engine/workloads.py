@@ -13,6 +13,14 @@ from typing import Any
 
 Path = tuple[str | int, ...]
 
+# Placement classes (design.md, "Placement doctrine"): what one node failure does to a group.
+REPLICAS = "replicas"  # takes the share of the group on that node; the rest keeps working
+ELASTIC = "elastic"  # the job shrinks and continues if enough workers remain
+GANG = "gang"  # synchronous: the whole gang restarts, whichever node failed
+SINGLETON = "singleton"  # a sole coordinator: the whole job stops
+PLACEMENT_CLASSES = (REPLICAS, ELASTIC, GANG, SINGLETON)
+PLACEMENT_LABEL = "spreadguard.io/placement"
+
 GROUP_LABEL = "spreadguard.io/group"
 TEAM_LABEL = "spreadguard.io/team"
 WORKLOAD_LABEL = "spreadguard.io/workload"
@@ -30,6 +38,7 @@ class Group:
     role: str = ""  # "head", "launcher", "master", "chief" ... or "" for plain replicas
     job_path: Path | None = None  # the batch JobSpec holding this template (Job, CronJob, JobSet)
     gang_selector: dict[str, Any] = field(default_factory=dict)  # every pod of the job, when it is a gang
+    placement: str = REPLICAS  # the placement class (PLACEMENT_CLASSES): what one node failure does to it
 
     @property
     def path_str(self) -> str:
@@ -52,6 +61,8 @@ class TemplateSet:
     role: Callable[[str], str] = lambda name: ""
     job_spec: bool = False  # each template sits directly in a batch JobSpec (``path[:-1]``)
     gang: Callable[[dict[str, Any]], dict[str, str]] | None = None  # labels of every pod of a training gang
+    # the placement class of one group: (object, group name, node holding its replicas) -> class
+    placement: Callable[[dict[str, Any], str, dict[str, Any]], str] = lambda _o, _g, _n: REPLICAS
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,45 @@ def _ray_groups(base: Path) -> Callable[[dict[str, Any]], Iterator[tuple[str, Pa
 
 KUBEFLOW_ROLES = {"master": "master", "chief": "chief", "launcher": "launcher", "ps": "ps"}
 
+
+def _elastic_pytorch(obj: dict[str, Any]) -> bool:
+    """PyTorchJob ``elasticPolicy`` with room to shrink: ``minReplicas < maxReplicas``."""
+    policy = get(obj, ("spec", "elasticPolicy"))
+    if not isinstance(policy, dict):
+        return False
+    low, high = _int(policy.get("minReplicas"), -1), _int(policy.get("maxReplicas"), -1)
+    return 0 <= low < high
+
+
+def _kubeflow_placement(obj: dict[str, Any], rtype: str, _node: dict[str, Any]) -> str:
+    """Kubeflow jobs are synchronous gangs, except: an elastic PyTorchJob's workers (its master is then
+    the singleton), MPI launchers (singleton, outside the all-reduce), TFJob parameter servers and
+    evaluators (independent replicas)."""
+    role = rtype.lower()
+    if role in ("ps", "evaluator"):
+        return REPLICAS
+    if role == "launcher":
+        return SINGLETON
+    if obj.get("kind") == "PyTorchJob" and _elastic_pytorch(obj):
+        return SINGLETON if role == "master" else ELASTIC
+    return GANG
+
+
+def _ray_placement(_obj: dict[str, Any], name: str, node: dict[str, Any]) -> str:
+    """Ray: the head is a singleton; a worker group is elastic when it may shrink (autoscaling range)."""
+    if name == "headgroup":
+        return SINGLETON
+    low, high = _int(node.get("minReplicas"), -1), _int(node.get("maxReplicas"), -1)
+    return ELASTIC if 0 <= low < high else REPLICAS
+
+
+def _volcano_placement(obj: dict[str, Any], _name: str, _node: dict[str, Any]) -> str:
+    """Volcano: a gang when ``minAvailable`` is every pod of every task (the default), else replicas."""
+    tasks = get(obj, ("spec", "tasks"))
+    total = sum(_int(t.get("replicas"), 1) for t in tasks if isinstance(t, dict)) if isinstance(tasks, list) else 0
+    return GANG if _int(get(obj, ("spec", "minAvailable")), total) >= total else REPLICAS
+
+
 # ----------------------------------------------------------------------------- the table
 
 _DEPLOYMENT_LIKE = TemplateSet(
@@ -249,6 +299,7 @@ def _kubeflow_kind(kind: str, field_name: str, versions: tuple[str, ...] = ("v1"
                 selector=_match(_kubeflow),
                 role=lambda name: KUBEFLOW_ROLES.get(name.lower(), ""),
                 gang=_kubeflow_gang,
+                placement=_kubeflow_placement,
             ),
         ),
         plural=f"{kind.lower()}s",
@@ -323,6 +374,7 @@ _KINDS: list[Kind] = [
                 ),
                 job_spec=True,
                 gang=lambda obj: {"jobset.sigs.k8s.io/jobset-name": _name(obj)},
+                placement=lambda _o, _g, _n: GANG,
             ),
         ),
         plural="jobsets",
@@ -358,6 +410,7 @@ _KINDS: list[Kind] = [
                 replicas=_ray_replicas,
                 selector=_match(lambda obj, group, _n: {"ray.io/cluster": _name(obj), "ray.io/group": group}),
                 role=lambda name: "head" if name == "headgroup" else "",
+                placement=_ray_placement,
             ),
         ),
         plural="rayclusters",
@@ -375,6 +428,7 @@ _KINDS: list[Kind] = [
                 selector=_group_label(lambda obj: f"rayjob-{_name(obj)}-"),
                 add_group_label=True,
                 role=lambda name: "head" if name == "headgroup" else "",
+                placement=_ray_placement,
             ),
         ),
         plural="rayjobs",
@@ -393,6 +447,7 @@ _KINDS: list[Kind] = [
                 ),
                 role=lambda name: KUBEFLOW_ROLES.get(name.lower(), ""),
                 gang=lambda obj: {"volcano.sh/job-name": _name(obj)},
+                placement=_volcano_placement,
             ),
         ),
         plural="jobs",
@@ -437,8 +492,6 @@ PLACEMENT_OWNER_ANNOTATIONS = (
     "kueue.x-k8s.io/podset-preferred-topology",
 )
 
-TRAINING_GROUPS = {g for g, _ in KINDS if g not in ("", "apps", "batch")}
-
 # ------------------------------------------------------------------------------ public API
 
 
@@ -467,6 +520,16 @@ def _lws_pod_group(labels: dict[str, str]) -> Group:
     )
 
 
+def _pod_placement(role: str, gang_key: str | None, name: str) -> str:
+    """A Pod's class from its controller's labels alone: pods of a gang job (Kubeflow, JobSet, Volcano)
+    are gang members (elasticity is not visible on the pod), coordinators singletons, the rest replicas."""
+    if role in ("head", "launcher") or (role in ("master", "chief") and not gang_key):
+        return SINGLETON
+    if role in ("ps",) or name.lower() == "evaluator":
+        return REPLICAS
+    return GANG if gang_key else REPLICAS
+
+
 def pod_group(pod: dict[str, Any]) -> Group | None:
     """The group a Pod belongs to, from its labels and ownerReferences; None for a lone Pod."""
     meta = pod.get("metadata") or {}
@@ -485,7 +548,15 @@ def pod_group(pod: dict[str, Any]) -> Group | None:
             if role_key == "ray.io/group" and name == "headgroup":
                 role = "head"
             gang = {"matchLabels": {gang_key: labels[gang_key]}} if gang_key else {}
-            return Group(str(name), path, None, {"matchLabels": match}, role=role, gang_selector=gang)
+            return Group(
+                str(name),
+                path,
+                None,
+                {"matchLabels": match},
+                role=role,
+                gang_selector=gang,
+                placement=_pod_placement(role, gang_key, str(name)),
+            )
     if any(o.get("kind") in POD_OWNER_KINDS and o.get("controller") for o in owners):
         match = {k: v for k, v in labels.items() if k not in POD_VOLATILE_LABELS}
         if match:
@@ -503,7 +574,7 @@ def groups_of(obj: dict[str, Any]) -> list[Group]:
         if any(isinstance(o, dict) and o.get("kind") in POD_SKIP_OWNER_KINDS for o in owners):
             return []  # DaemonSet and static pods run per node by design
         group = pod_group(obj)
-        return [group] if group else [Group("pod", (), 1, {})]
+        return [group] if group else [Group("pod", (), 1, {}, placement=SINGLETON)]
     out: list[Group] = []
     for tset in kind.templates:
         for name, path, node in tset.each(obj):
@@ -518,6 +589,7 @@ def groups_of(obj: dict[str, Any]) -> list[Group]:
                     role=tset.role(name),
                     job_path=path[:-1] if tset.job_spec else None,
                     gang_selector={"matchLabels": tset.gang(obj)} if tset.gang else {},
+                    placement=tset.placement(obj, name, node),
                 )
             )
     return out
@@ -541,7 +613,3 @@ def workload_class(obj: dict[str, Any], kind: Kind, templates: list[dict[str, An
         if owners & POD_OWNER_KINDS:
             return "serving"
     return kind.workload_class
-
-
-def is_training_crd(kind: Kind) -> bool:
-    return kind.group in TRAINING_GROUPS
