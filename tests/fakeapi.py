@@ -588,15 +588,18 @@ def node(
     gpus: int = 8,
     unschedulable: bool = False,
     heartbeat: str = "2025-01-01T00:00:00Z",
+    zone: str = "z1",
+    taints: tuple[dict, ...] = (),
     **labels: str,
 ) -> dict:
-    taints = [{"key": TEAM_TAINT, "value": team, "effect": "NoSchedule"}] if team else []
+    """A Node as the API server sends it: team taint (``team``), other ``taints``, zone and pool labels."""
+    taints = ([{"key": TEAM_TAINT, "value": team, "effect": "NoSchedule"}] if team else []) + list(taints)
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": name,
-            "labels": {"kubernetes.io/hostname": name, "pool": pool, "topology.kubernetes.io/zone": "z1", **labels},
+            "labels": {"kubernetes.io/hostname": name, "pool": pool, "topology.kubernetes.io/zone": zone, **labels},
         },
         "spec": {"taints": taints, **({"unschedulable": True} if unschedulable else {})},
         "status": {

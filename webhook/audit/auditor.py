@@ -15,6 +15,7 @@ from typing import Any
 
 from webhook.audit.blast import blast_radius
 from webhook.audit.pdb import GroupPods, pdb_findings, selects
+from webhook.audit.placement import Placement
 from webhook.audit.results import InputError, Result, Totals, ref_of, unified_diff
 from webhook.engine import podspec, workloads
 from webhook.engine.decide import evaluate
@@ -52,6 +53,7 @@ class Auditor:
         groups: Sequence[str] = (),
         default_namespace: str = "",
         pdbs_first: bool = False,
+        placement: Placement | None = None,
     ):
         self.policies = list(policies)
         self.zones = max(zones, 1)
@@ -66,6 +68,9 @@ class Auditor:
         self._covered: set[str] = set()  # uids of audited workloads (and their skipped children)
         self._index: dict[str, list[GroupPods]] | None = None if pdbs_first else {}  # namespace -> groups
         self._pdbs: dict[str, list[_Pdb]] = {}  # namespace -> PDBs
+        self.placement = placement  # cluster mode: where pods actually run
+        if placement is not None:
+            placement.namespace_labels = self.namespace_labels
 
     def namespace(self, obj: dict[str, Any]) -> None:
         """Remember a Namespace's labels (the team label feeds team tolerations)."""
@@ -78,6 +83,8 @@ class Auditor:
         api_version, kind = str(obj.get("apiVersion") or ""), str(obj.get("kind") or "")
         group = api_version.split("/", 1)[0] if "/" in api_version else ""
         meta = obj.get("metadata") or {}
+        if self.placement is not None:
+            self.placement.owner(obj)
         if (group, kind) == ("", "Namespace"):
             self.namespace(obj)
             self.skipped["namespace (read for its labels)"] += 1
@@ -134,6 +141,8 @@ class Auditor:
             result.diff = unified_diff(obj, mutated, str(ref))
         if uid and kind != "Pod" and result.blast:
             self._covered.add(uid)
+        if self.placement is not None and kind != "Pod":
+            self.placement.workload(uid, ref, groups, result.blast)
         for g in groups:
             if g.replicas:
                 template = workloads.pod_template(mutated, g)

@@ -12,7 +12,10 @@ import yaml
 
 from webhook.audit.blast import worst
 from webhook.audit.pdb import AUDIT_POLICY
+from webhook.audit.placement import PlacementReport
 from webhook.audit.results import InputError, Result
+
+DEFAULT_TOP = 10  # failure domains listed in the table (all of them in JSON)
 
 
 class Writer:
@@ -24,9 +27,15 @@ class Writer:
         self.color = color
         self.verbose = verbose
         self.errors: list[InputError] = []
+        self.actual: PlacementReport | None = None  # cluster mode: where pods run now
+        self.top = DEFAULT_TOP
 
     def add(self, r: Result) -> None:
         raise NotImplementedError
+
+    def placement(self, report: PlacementReport, top: int = DEFAULT_TOP) -> None:
+        """The actual placement (cluster mode), written by ``close`` beside the results, never mixed in them."""
+        self.actual, self.top = report, top
 
     def error(self, e: InputError) -> None:
         self.errors.append(e)
@@ -89,6 +98,8 @@ class TableWriter(Writer):
 
     def close(self, summary: dict[str, Any]) -> None:
         self._head()
+        if self.actual is not None:
+            self._placement(self.actual)
         s = summary
         self.out.write(
             f"\n{_n(s['resources'], 'resource')}: {s['allowed'] - s['warned']} pass, {s['warned']} warn, "
@@ -112,6 +123,35 @@ class TableWriter(Writer):
         if s["errors"]:
             self.out.write(f"{_n(s['errors'], 'input error')} (listed on stderr); the rest was audited\n")
 
+    def _placement(self, p: PlacementReport) -> None:
+        w = self.out.write
+        w(
+            f"\nACTUAL PLACEMENT: {_n(len(p.groups), 'group')} from where their pods run now "
+            '("after enforcement": what the audited workload would give once spreadguard\'s patch applies)\n'
+        )
+        for g in p.groups:
+            w(f"  {g['text']}\n")
+            if g["wouldBe"]:
+                w(f"      after enforcement: {g['wouldBe']['text']}\n")
+            for m in g["pendingMessages"]:
+                w(f"      pending ({m['pods']}): {m['message']}\n")
+            for d in g["drift"]:
+                w(f"      drift: {d}\n")
+        for what, domains in (("node", p.nodes), ("zone", p.zones)):
+            if not domains:
+                continue
+            shown = domains[: self.top]
+            w(f"\nIF A {what.upper()} FAILS ({len(shown)} of {len(domains)}, most harmful first; all in -o json)\n")
+            for d in shown:
+                hurt = ", ".join(
+                    f"{h['workload']} {h['group']} "
+                    + ("stops" if h["placement"] in ("gang", "singleton") else f"-{h['pods']}/{h['of']}")
+                    + f" ({h['lossPercent']:g}%)"
+                    for h in d["groups"][:5]
+                )
+                more = f", +{len(d['groups']) - 5} more" if len(d["groups"]) > 5 else ""
+                w(f"  {d[what]:<24} {d['groupsStopped']} stopped, {d['groupsHurt']} hurt: {hurt}{more}\n")
+
 
 class JsonWriter(Writer):
     """``{"results": [...], "summary": {...}, "errors": [...]}``, results streamed as they come."""
@@ -127,7 +167,8 @@ class JsonWriter(Writer):
     def close(self, summary: dict[str, Any]) -> None:
         self.out.write('{"results": [' if self._n == 0 else "\n")
         errors = [{"source": e.source, "message": e.message} for e in self.errors]
-        self.out.write(f'], "summary": {json.dumps(summary)}, "errors": {json.dumps(errors)}}}\n')
+        placement = f', "placement": {json.dumps(self.actual.to_json())}' if self.actual is not None else ""
+        self.out.write(f'], "summary": {json.dumps(summary)}, "errors": {json.dumps(errors)}{placement}}}\n')
 
 
 def _now() -> dict[str, int]:
@@ -202,7 +243,47 @@ class PolicyReportWriter(Writer):
             "results": results,
         }
 
+    def _placement_result(self, g: dict[str, Any]) -> dict[str, Any]:
+        """One group's actual placement: ``warn`` with drift, else ``pass``; the figures as properties."""
+        ref = {k: v for k, v in g["resource"].items() if v}
+        props = {
+            "group": g["group"],
+            "placement": g["placement"],
+            "running": str(g["running"]),
+            "pending": str(g["pending"]),
+            "nodes": str(g["nodes"]),
+            "zones": str(g["zones"]),
+            "podsPerNode": json.dumps(g["podsPerNode"]),
+            "podsPerZone": json.dumps(g["podsPerZone"]),
+            "nodeFailureLossPercent": f"{g['nodeFailureLossPercent']:g}",
+            "zoneFailureLossPercent": f"{g['zoneFailureLossPercent']:g}",
+        }
+        if g.get("gang"):
+            props["gangNodes"] = str(len(g["gang"]["nodes"]))
+            props["gangZones"] = str(len(g["gang"]["zones"]))
+            props["expectedRestartsPer30Days"] = f"{g['gang']['expectedRestartsPer30Days']:g}"
+        if g["wouldBe"]:
+            props["afterEnforcement"] = g["wouldBe"]["text"]
+        if g["drift"]:
+            props["drift"] = "; ".join(g["drift"])
+        outcome = "warn" if g["drift"] else "pass"
+        return {
+            "policy": AUDIT_POLICY,
+            "rule": "actual-placement",
+            "result": outcome,
+            "scored": True,
+            "severity": "medium" if g["drift"] else "low",
+            "category": "High availability",
+            "source": "spreadguard",
+            "message": g["text"],
+            "resources": [ref],
+            "properties": props,
+            "timestamp": self._ts,
+        }
+
     def close(self, summary: dict[str, Any]) -> None:
+        for g in self.actual.groups if self.actual is not None else []:
+            self._by_ns.setdefault(g["namespace"], []).append(self._placement_result(g))
         by_ns = sorted(self._by_ns.items(), key=lambda x: x[0] or "")
         reports = [self._report("PolicyReport", ns, res) for ns, res in by_ns]
         cluster = [
@@ -275,6 +356,30 @@ class JunitWriter(Writer):
             {"name": "spreadguard audit", "skipped": "0", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), **counts},
         )
         suite.extend(self._cases)
+        if self.actual is not None:  # a suite of its own: the results' counts stay what they were
+            cases = []
+            for g in self.actual.groups:
+                case = ET.Element(
+                    "testcase", classname=f"placement.{g['namespace'] or '-'}", name=g["workload"] + " " + g["group"]
+                )
+                lines = [g["text"]]
+                if g["wouldBe"]:
+                    lines.append(f"after enforcement: {g['wouldBe']['text']}")
+                lines += [f"drift: {d}" for d in g["drift"]]
+                ET.SubElement(case, "system-out").text = "\n".join(lines)
+                cases.append(case)
+            placed = ET.SubElement(
+                root,
+                "testsuite",
+                {
+                    "name": "spreadguard actual placement",
+                    "tests": str(len(cases)),
+                    "failures": "0",
+                    "errors": "0",
+                    "skipped": "0",
+                },
+            )
+            placed.extend(cases)
         ET.indent(root)
         self.out.write('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
 

@@ -82,6 +82,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--zones", type=int, default=3, metavar="N", help="zones assumed for zone-spread blast radius (default: 3)"
     )
+    live.add_argument(
+        "--node-failure-rate",
+        type=float,
+        default=19.0,
+        metavar="R",
+        help="node failures per 1000 nodes per day, for a gang's expected restarts (default: 19)",
+    )
+    live.add_argument(
+        "--top", type=int, default=10, metavar="N", help="table: the N most harmful node/zone failures (default: 10)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="table: every finding and group under its row")
     p.add_argument("--user", default="", help="request user the exemptions are judged for (default: none)")
     p.add_argument("--group", action="append", default=[], help="request group (repeatable)")
@@ -118,7 +128,7 @@ class _Progress:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from webhook.audit import auditor as audit
-    from webhook.audit import manifests, report
+    from webhook.audit import manifests, placement, report
     from webhook.audit.results import InputError
     from webhook.engine.policy import PolicyError, load_policies
     from webhook.kube import listing as cluster
@@ -130,8 +140,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.filename and (args.kubeconfig or args.context or args.all_namespaces):
         _err("--kubeconfig, --context and -A go with --cluster")
         return 2
-    if args.chunk_size < 1 or args.zones < 1:
-        _err("--chunk-size and --zones must be at least 1")
+    if args.chunk_size < 1 or args.zones < 1 or args.top < 1:
+        _err("--chunk-size, --zones and --top must be at least 1")
+        return 2
+    if not 0 <= args.node_failure_rate <= 1000:
+        _err("--node-failure-rate is per 1000 nodes per day: between 0 and 1000")
         return 2
     try:
         policies = load_policies(args.policies)
@@ -140,6 +153,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
 
+    actual = placement.Placement(policies, failure_rate=args.node_failure_rate) if args.cluster else None
     auditor = audit.Auditor(
         policies,
         zones=args.zones,
@@ -148,6 +162,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         groups=args.group,
         default_namespace=(args.namespace or "") if args.filename else "",
         pdbs_first=args.cluster,  # the scan lists PDBs first: no per-object index is kept
+        placement=actual,
     )
     color = args.output == "table" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     writer = report.WRITERS[args.output](sys.stdout, fail_on=args.fail_on, color=color, verbose=args.verbose)
@@ -189,7 +204,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         try:
             for ns in scan.namespaces():
                 auditor.namespace(ns)
+            assert actual is not None
+            for node in scan.nodes():
+                actual.node(node)
             for obj in scan.objects():
+                if obj.get("kind") == "Pod" and obj.get("apiVersion") == "v1":
+                    actual.pod(obj)
                 result = auditor.audit(obj, "cluster")
                 if result is not None:
                     writer.add(result)
@@ -200,6 +220,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         notes = scan.notes
     for result in auditor.finish():
         writer.add(result)
+    if actual is not None:
+        writer.placement(actual.report(), args.top)
     summary = auditor.summary(writer.errors, notes)
     writer.close(summary)
     sys.stdout.flush()

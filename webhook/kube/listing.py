@@ -199,12 +199,12 @@ class Scan:
             return lambda **kw: custom.list_cluster_custom_object(ak.group, version, ak.plural, **kw)
         return lambda **kw: custom.list_namespaced_custom_object(ak.group, version, ns, ak.plural, **kw)
 
-    def _pages(self, ak: ApiKind, version: str) -> Iterator[dict[str, Any]]:
+    def _pages(self, ak: ApiKind, version: str, call: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
         from kubernetes.client.exceptions import ApiException
 
         api_version = f"{ak.group}/{version}" if ak.group else version
         count = 0
-        pages = kube.pages(self._lister(ak, version), self.chunk_size, TIMEOUT)
+        pages = kube.pages(call or self._lister(ak, version), self.chunk_size, TIMEOUT)
         while True:
             self.requests += 1
             try:
@@ -266,3 +266,19 @@ class Scan:
         """Every object of every served kind, owners first, page by page."""
         for ak, version in self._served or self.discover():
             yield from self._pages(ak, version)
+
+    def nodes(self) -> Iterator[dict[str, Any]]:
+        """Every Node, page by page (cluster-scoped, whatever the namespace scope): where pods run, their
+        zones and taints. Not readable (403): a note, and the placement audit goes on without zones or taints."""
+        from kubernetes import client
+
+        nodes = ApiKind("", "Node", "nodes", ("v1",))
+        errors = len(self.errors)
+        before, on_error = self.namespace, self.on_error
+        self.namespace, self.on_error = None, None  # nodes are cluster-scoped; a failure is a note
+        try:
+            yield from self._pages(nodes, "v1", client.CoreV1Api(self.session.api).list_node)
+        finally:
+            self.namespace, self.on_error = before, on_error
+        if len(self.errors) > errors:  # keep a 403 on nodes a note: it loses zones and taints, not objects
+            self.notes.append(f"{self.errors.pop()}: zones and node taints are unknown in the placement audit")

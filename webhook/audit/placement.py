@@ -1,0 +1,460 @@
+"""Actual placement: what a node (or zone) failure costs each group, from where its pods run now.
+
+The blast radius in ``blast`` describes a workload *after* the patch spreadguard would add; this module
+measures the cluster *as it is*. In cluster mode the scan feeds it every Node and every Pod, page by page:
+
+- a Pod is attached to its group with the same table and labels the webhook uses: its controller chain
+  (ownerReferences, resolved through the workloads the scan listed first) picks the workload, and
+  ``workloads.pod_group`` (controller labels) picks the group inside it; the workload's group gives the
+  placement class (replicas | elastic | gang | singleton) and the would-be blast radius;
+- per group only counters are kept (pods per node, pending pods, up to ``MESSAGES`` scheduler messages,
+  pods on tainted nodes), never a Pod: memory grows with the (group, node) pairs in use, not with pods;
+- ``report()`` turns them into figures: pods per node and zone, the share one node (zone) failure takes,
+  for gangs the nodes and zones they depend on and the restarts to expect, the damage each node's (zone's)
+  failure would do, and drift (spread the pods carry but do not have; pods on health- or foreign-team-
+  tainted nodes).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.audit.blast import ZONE_KEYS, Blast
+from webhook.audit.results import Ref
+from webhook.engine import podspec, workloads
+from webhook.engine.policy import Policy
+
+DEFAULT_FAILURE_RATE = 19.0  # node remediations per 1000 nodes per day (design.md)
+DAYS = 30
+MESSAGES = 3  # distinct scheduler messages kept per group
+MESSAGE_CHARS = 300
+NO_ZONE = "(no zone)"
+UNKNOWN_NODE = "(node not listed)"
+STOPS = (workloads.GANG, workloads.SINGLETON)  # classes one lost pod stops entirely
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100 * part / whole, 1) if whole else 0.0
+
+
+def _s(value: Any) -> str:
+    return sys.intern(str(value))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    zone: str
+    health: tuple[str, ...]  # health taint keys it carries
+    team: str | None  # the value of its team taint
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A group of an audited workload: what the auditor knows of it (class, size, blast after enforcement)."""
+
+    ref: Ref
+    group: str
+    replicas: int | None
+    placement: str
+    would_be: Blast | None
+
+
+@dataclass
+class Spread:
+    """The self-selecting spread a group's pods carry (read from its first pod)."""
+
+    host_required: bool = False
+    host_preferred: bool = False
+    host_skew: int | None = None  # topology spread on the hostname (any whenUnsatisfiable)
+    zone_skew: int | None = None
+
+
+@dataclass
+class GroupPods:
+    """Counters of one group's pods."""
+
+    namespace: str
+    workload: str  # "PyTorchJob ml/bert", or the pod's own owner when its controller is not known
+    workload_key: str  # the gang a gang group belongs to
+    group: str
+    placement: str
+    known: bool  # the controller is a workload spreadguard audited
+    planned: Planned | None
+    ref: Ref
+    per_node: Counter = field(default_factory=Counter)
+    pending: int = 0
+    messages: Counter = field(default_factory=Counter)
+    health: Counter = field(default_factory=Counter)  # node -> pods on it that carry a health taint
+    foreign: Counter = field(default_factory=Counter)  # node -> pods on another team's node
+    spread: Spread | None = None
+
+    @property
+    def running(self) -> int:
+        return sum(self.per_node.values())
+
+
+def spread_of(pod: dict[str, Any]) -> Spread:
+    """The spread constraints of ``pod`` that select its own group."""
+    spec = podspec.spec_of(pod)
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    out = Spread()
+    for required in (True, False):
+        for t in podspec.pod_affinity_terms(spec, "podAntiAffinity", required):
+            if t.get("topologyKey") == podspec.HOSTNAME and podspec.term_selects(t, labels):
+                if required:
+                    out.host_required = True
+                else:
+                    out.host_preferred = True
+    for c in spec.get("topologySpreadConstraints") or []:
+        if not isinstance(c, dict) or not podspec.term_selects(c, labels):
+            continue
+        skew = max(int(c.get("maxSkew") or 1), 1) if str(c.get("maxSkew") or "1").isdigit() else 1
+        if c.get("topologyKey") == podspec.HOSTNAME:
+            out.host_skew = skew if out.host_skew is None else min(out.host_skew, skew)
+        elif c.get("topologyKey") in ZONE_KEYS:
+            out.zone_skew = skew if out.zone_skew is None else min(out.zone_skew, skew)
+    return out
+
+
+def _scheduler_message(pod: dict[str, Any]) -> str:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            text = " ".join(str(cond.get("message") or cond.get("reason") or "").split())
+            return text[:MESSAGE_CHARS]
+    return ""
+
+
+class Placement:
+    """Collects nodes, the audited workloads' groups, the controller chain and pods; ``report()`` at the end."""
+
+    def __init__(
+        self,
+        policies: Sequence[Policy] = (),
+        *,
+        failure_rate: float = DEFAULT_FAILURE_RATE,
+        namespace_labels: dict[str, dict[str, str]] | None = None,
+    ):
+        self.failure_rate = failure_rate
+        self.nodes: dict[str, NodeFacts] = {}
+        self.owners: dict[str, tuple[str, str, str]] = {}  # uid -> (kind, name, controller owner uid or "")
+        self.planned: dict[str, dict[str, Planned]] = {}  # workload uid -> lower-case group name -> group
+        self.groups: dict[tuple[str, ...], GroupPods] = {}
+        self.skipped: Counter = Counter()
+        self.namespace_labels = namespace_labels if namespace_labels is not None else {}
+        self.health_keys = {k for p in policies if p.spec.mutate.health for k in p.spec.mutate.health.avoidTaints}
+        teams = [p.spec.mutate.teamTolerations for p in policies if p.spec.mutate.teamTolerations]
+        self.team_keys = {t.taintKey for t in teams if t.enabled} or {workloads.TEAM_LABEL}
+        self.namespace_teams: dict[str, str] = {}
+        for t in teams:
+            for ns, team in t.namespaceTeams.items():
+                self.namespace_teams.setdefault(ns, team)
+        self._facts: dict[NodeFacts, NodeFacts] = {}
+
+    # ------------------------------------------------------------------------------------------- feeding
+
+    def node(self, obj: dict[str, Any]) -> None:
+        """One Node: its zone, health taints and team taint (shared records: nodes of a pool share one)."""
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        if not name:
+            return
+        labels = meta.get("labels") or {}
+        zone = next((str(labels[k]) for k in ZONE_KEYS if labels.get(k)), NO_ZONE)
+        taints = [t for t in (obj.get("spec") or {}).get("taints") or [] if isinstance(t, dict)]
+        health = tuple(sorted({str(t.get("key")) for t in taints if t.get("key") in self.health_keys}))
+        team = next((str(t.get("value") or "") for t in taints if t.get("key") in self.team_keys), None)
+        facts = NodeFacts(_s(zone), health, _s(team) if team is not None else None)
+        self.nodes[_s(name)] = self._facts.setdefault(facts, facts)
+
+    def owner(self, obj: dict[str, Any]) -> None:
+        """Any listed object: remember its controller (to resolve a pod's chain up to its workload)."""
+        meta = obj.get("metadata") or {}
+        uid = meta.get("uid")
+        if not uid or obj.get("kind") == "Pod":
+            return
+        ctrl = next((o for o in meta.get("ownerReferences") or [] if isinstance(o, dict) and o.get("controller")), None)
+        self.owners[str(uid)] = (
+            str(obj.get("kind") or ""),
+            str(meta.get("name") or ""),
+            str((ctrl or {}).get("uid") or ""),
+        )
+
+    def workload(self, uid: str, ref: Ref, groups: Iterable[workloads.Group], blasts: Sequence[Blast]) -> None:
+        """An audited workload's groups (from the object after enforcement): class, size, would-be blast."""
+        if not uid:
+            return
+        by_name = {b.group: b for b in blasts}
+        self.planned[uid] = {
+            g.name.lower(): Planned(ref, g.name, g.replicas, g.placement, by_name.get(g.name)) for g in groups
+        }
+
+    def pod(self, pod: dict[str, Any]) -> None:
+        """One Pod: counted on its node (or as pending) in its group."""
+        meta = pod.get("metadata") or {}
+        owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
+        if any(o.get("kind") in workloads.POD_SKIP_OWNER_KINDS for o in owners):
+            self.skipped["per-node pod (DaemonSet or static)"] += 1
+            return
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            self.skipped["finished pod"] += 1
+            return
+        namespace = str(meta.get("namespace") or "")
+        group = self._group_of(pod, namespace, owners)
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node:
+            group.pending += 1
+            message = _scheduler_message(pod)
+            if message and (message in group.messages or len(group.messages) < MESSAGES):
+                group.messages[message] += 1
+            return
+        node = _s(node)
+        group.per_node[node] += 1
+        if group.spread is None:
+            group.spread = spread_of(pod)
+        facts = self.nodes.get(node)
+        if facts is not None:
+            if facts.health:
+                group.health[node] += 1
+            if facts.team is not None and facts.team != self._team(namespace):
+                group.foreign[node] += 1
+
+    def _team(self, namespace: str) -> str | None:
+        return self.namespace_teams.get(namespace) or self.namespace_labels.get(namespace, {}).get(workloads.TEAM_LABEL)
+
+    def _chain(self, uid: str) -> list[str]:
+        chain: list[str] = []
+        while uid and uid in self.owners and uid not in chain and len(chain) < 8:
+            chain.append(uid)
+            uid = self.owners[uid][2]
+        return chain
+
+    def _group_of(self, pod: dict[str, Any], namespace: str, owners: list[dict[str, Any]]) -> GroupPods:
+        meta = pod.get("metadata") or {}
+        ctrl = next((o for o in owners if o.get("controller")), None)
+        found = workloads.pod_group(pod)
+        name = found.name if found else "pods"
+        chain = self._chain(str((ctrl or {}).get("uid") or ""))
+        planned: Planned | None = None
+        for uid in reversed(chain):  # the outermost workload that spreadguard audited and that has this group
+            groups = self.planned.get(uid) or {}
+            if name.lower() in groups:
+                planned = groups[name.lower()]
+            elif len(groups) == 1:  # one group (Deployment, Job, ...): its pods are named after the controller
+                planned = next(iter(groups.values()))
+            if planned is not None:
+                break
+        if planned is not None:
+            ref = planned.ref
+            key: tuple[str, ...] = ("w", ref.namespace, ref.kind, ref.name, planned.group)
+            workload, group, placement = str(ref), planned.group, planned.placement
+        elif ctrl is not None:  # a controller spreadguard does not know (or did not list)
+            top = self.owners.get(chain[-1]) if chain else None
+            kind, owner = (top[0], top[1]) if top else (str(ctrl.get("kind") or ""), str(ctrl.get("name") or ""))
+            ref = Ref(str(ctrl.get("apiVersion") or ""), kind, namespace, owner)
+            key = ("c", namespace, kind, owner, name)
+            workload, group = f"{ref} (controller not known to spreadguard)", name
+            placement = found.placement if found else workloads.REPLICAS
+        else:  # a Pod of its own
+            pod_name = str(meta.get("name") or meta.get("generateName") or "")
+            ref = Ref("v1", "Pod", namespace, pod_name, str(meta.get("uid") or ""))
+            if found is not None:  # labelled as part of a group (e.g. spreadguard.io/group)
+                key, group, placement = ("l", namespace, name), name, found.placement
+                workload = f"pods of group {name} in {namespace}"
+            else:
+                key, group, placement = ("p", namespace, pod_name), "pod", workloads.SINGLETON
+                workload = str(ref)
+        got = self.groups.get(key)
+        if got is None:
+            workload_key = "/".join(key[:4])
+            got = GroupPods(namespace, workload, workload_key, group, placement, planned is not None, planned, ref)
+            self.groups[key] = got
+        return got
+
+    # ------------------------------------------------------------------------------------------- figures
+
+    def zone(self, node: str) -> str:
+        facts = self.nodes.get(node)
+        return facts.zone if facts else UNKNOWN_NODE
+
+    def restarts(self, nodes: int) -> float:
+        """Expected failures among ``nodes`` nodes in ``DAYS`` days: each one restarts a gang."""
+        return round(nodes * self.failure_rate * DAYS / 1000, 2)
+
+    def report(self) -> PlacementReport:
+        zones_all = sorted({f.zone for f in self.nodes.values()})
+        gangs: dict[str, set[str]] = {}
+        for g in self.groups.values():
+            if g.placement == workloads.GANG:
+                gangs.setdefault(g.workload_key, set()).update(g.per_node)
+        groups = [self._figures(g, gangs, zones_all) for g in self.groups.values()]
+        groups.sort(key=lambda f: (-f["nodeFailureLossPercent"], f["workload"], f["group"]))
+        nodes: dict[str, list[dict[str, Any]]] = {}
+        zones: dict[str, list[dict[str, Any]]] = {}
+        for g in self.groups.values():
+            running = g.running
+            per_zone: Counter = Counter()
+            for node, count in g.per_node.items():
+                per_zone[self.zone(node)] += count
+                nodes.setdefault(node, []).append(_hurt(g, count, running))
+            for zone, count in per_zone.items():
+                zones.setdefault(zone, []).append(_hurt(g, count, running))
+        return PlacementReport(
+            failure_rate=self.failure_rate,
+            groups=groups,
+            nodes=_ranked(nodes, "node"),
+            zones=_ranked(zones, "zone"),
+            node_count=len(self.nodes),
+            skipped=dict(self.skipped),
+        )
+
+    def _figures(self, g: GroupPods, gangs: dict[str, set[str]], zones_all: list[str]) -> dict[str, Any]:
+        running = g.running
+        per_zone: Counter = Counter()
+        for node, count in g.per_node.items():
+            per_zone[self.zone(node)] += count
+        top_node, top_node_pods = max(g.per_node.items(), key=lambda kv: (kv[1], kv[0]), default=("", 0))
+        top_zone, top_zone_pods = max(per_zone.items(), key=lambda kv: (kv[1], kv[0]), default=("", 0))
+        stops = g.placement in STOPS
+        out: dict[str, Any] = {
+            "namespace": g.namespace,
+            "workload": g.workload,
+            "resource": g.ref.to_json(),
+            "group": g.group,
+            "placement": g.placement,
+            "controllerKnown": g.known,
+            "running": running,
+            "pending": g.pending,
+            "pendingMessages": [{"message": m, "pods": n} for m, n in g.messages.most_common()],
+            "podsPerNode": dict(sorted(g.per_node.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "podsPerZone": dict(sorted(per_zone.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "nodes": len(g.per_node),
+            "zones": len(per_zone),
+            "worstNode": top_node or None,
+            "worstNodePods": top_node_pods,
+            "nodeFailureLossPercent": 100.0 if stops and running else _pct(top_node_pods, running),
+            "worstZone": top_zone or None,
+            "worstZonePods": top_zone_pods,
+            "zoneFailureLossPercent": 100.0 if stops and running else _pct(top_zone_pods, running),
+        }
+        if g.placement == workloads.GANG:
+            gang_nodes = gangs.get(g.workload_key, set())
+            gang_zones = sorted({self.zone(n) for n in gang_nodes})
+            out["gang"] = {
+                "workload": g.workload,
+                "nodes": sorted(gang_nodes),
+                "zones": gang_zones,
+                "expectedRestartsPer30Days": self.restarts(len(gang_nodes)),
+            }
+        out["drift"] = self._drift(g, per_zone, zones_all)
+        out["wouldBe"] = g.planned.would_be.to_json() if g.planned and g.planned.would_be else None
+        out["text"] = actual_text(out, self.failure_rate)
+        return out
+
+    def _drift(self, g: GroupPods, per_zone: Counter, zones_all: list[str]) -> list[str]:
+        out: list[str] = []
+        s = g.spread
+        top = max(g.per_node.values(), default=0)
+        crowded = sorted((n for n, c in g.per_node.items() if c == top), key=str)[:3]
+        where = f"{crowded[0]} holds {top} pods" if len(crowded) == 1 else f"{', '.join(crowded)} hold {top} pods each"
+        if s is not None and top > 1:
+            if s.host_required:
+                out.append(f"required anti-affinity on kubernetes.io/hostname not held: {where}")
+            elif s.host_skew is not None and top > s.host_skew:
+                out.append(f"topology spread on kubernetes.io/hostname (maxSkew {s.host_skew}) not achieved: {where}")
+            elif s.host_preferred:
+                out.append(f"preferred anti-affinity on kubernetes.io/hostname not achieved: {where}")
+        if s is not None and s.zone_skew is not None and per_zone and len(zones_all) > 1:
+            counts = [per_zone.get(z, 0) for z in zones_all]
+            if max(counts) - min(counts) > s.zone_skew:
+                out.append(
+                    f"zone spread (maxSkew {s.zone_skew}) not achieved: "
+                    + ", ".join(f"{z} {per_zone.get(z, 0)}" for z in zones_all)
+                )
+        if g.health:
+            nodes = ", ".join(f"{n} ({', '.join(self.nodes[n].health)})" for n in sorted(g.health)[:5])
+            out.append(f"{sum(g.health.values())} pod(s) on nodes with a health taint: {nodes}")
+        if g.foreign:
+            team = self._team(g.namespace) or "none"
+            nodes = ", ".join(f"{n} (team {self.nodes[n].team})" for n in sorted(g.foreign)[:5])
+            out.append(f"{sum(g.foreign.values())} pod(s) on another team's nodes (namespace team: {team}): {nodes}")
+        return out
+
+
+def _hurt(g: GroupPods, pods: int, running: int) -> dict[str, Any]:
+    stops = g.placement in STOPS
+    return {
+        "workload": g.workload,
+        "group": g.group,
+        "placement": g.placement,
+        "pods": pods,
+        "of": running,
+        "lossPercent": 100.0 if stops else _pct(pods, running),
+        "stops": stops or pods == running,
+    }
+
+
+def _ranked(damage: dict[str, list[dict[str, Any]]], what: str) -> list[dict[str, Any]]:
+    """Failure domains by the harm their failure does: groups stopped, then the shares lost, then pods."""
+    out = []
+    for name, hurt in damage.items():
+        hurt.sort(key=lambda h: (-h["lossPercent"], h["workload"], h["group"]))
+        out.append(
+            {
+                what: name,
+                "groupsStopped": sum(1 for h in hurt if h["stops"]),
+                "groupsHurt": len(hurt),
+                "lossPercentSum": round(sum(h["lossPercent"] for h in hurt), 1),
+                "pods": sum(h["pods"] for h in hurt),
+                "groups": hurt,
+            }
+        )
+    out.sort(key=lambda d: (-d["groupsStopped"], -d["lossPercentSum"], -d["pods"], d[what]))
+    return out
+
+
+def actual_text(f: dict[str, Any], rate: float) -> str:
+    """One line of a group's actual figures."""
+    head = f"{f['workload']} {f['group']} [{f['placement']}]: {f['running']} running"
+    if f["pending"]:
+        head += f", {f['pending']} pending"
+    if not f["running"]:
+        return head
+    if f["placement"] == workloads.GANG and "gang" in f:
+        gang = f["gang"]
+        return (
+            f"{head} on {f['nodes']} node(s); the gang depends on {len(gang['nodes'])} node(s) in "
+            f"{len(gang['zones'])} zone(s): any one failing restarts it, "
+            f"~{gang['expectedRestartsPer30Days']:g} restarts per 30 days at {rate:g} failures/1000 nodes/day"
+        )
+    if f["placement"] == workloads.SINGLETON:
+        return f"{head} on {f['worstNode']}: its failure stops the job"
+    return (
+        f"{head} on {f['nodes']} node(s): losing {f['worstNode']} takes {f['worstNodePods']} of {f['running']} "
+        f"({f['nodeFailureLossPercent']:g}%); losing zone {f['worstZone']} takes {f['worstZonePods']} "
+        f"({f['zoneFailureLossPercent']:g}%)"
+    )
+
+
+@dataclass
+class PlacementReport:
+    failure_rate: float
+    groups: list[dict[str, Any]]
+    nodes: list[dict[str, Any]]  # "if node X fails", most harmful first
+    zones: list[dict[str, Any]]
+    node_count: int
+    skipped: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodeFailureRatePer1000NodesPerDay": self.failure_rate,
+            "nodesListed": self.node_count,
+            "groups": self.groups,
+            "ifNodeFails": self.nodes,
+            "ifZoneFails": self.zones,
+            "skipped": self.skipped,
+        }
