@@ -63,9 +63,9 @@ class Planned:
     would_be: Blast | None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Spread:
-    """The self-selecting spread a group's pods carry (read from its first pod)."""
+    """The self-selecting spread a group's pods carry (read from its first pod; one shared copy of each)."""
 
     host_required: bool = False
     host_preferred: bool = False
@@ -73,9 +73,9 @@ class Spread:
     zone_skew: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class GroupPods:
-    """Counters of one group's pods."""
+    """Counters of one group's pods (the rarely used ones are created when first needed)."""
 
     namespace: str
     workload: str  # "PyTorchJob ml/bert", or the pod's own owner when its controller is not known
@@ -85,11 +85,11 @@ class GroupPods:
     known: bool  # the controller is a workload spreadguard audited
     planned: Planned | None
     ref: Ref
-    per_node: Counter = field(default_factory=Counter)
+    per_node: dict[str, int] = field(default_factory=dict)
     pending: int = 0
-    messages: Counter = field(default_factory=Counter)
-    health: Counter = field(default_factory=Counter)  # node -> pods on it that carry a health taint
-    foreign: Counter = field(default_factory=Counter)  # node -> pods on another team's node
+    messages: dict[str, int] | None = None  # scheduler message -> pending pods
+    health: dict[str, int] | None = None  # node -> pods on it that carry a health taint
+    foreign: dict[str, int] | None = None  # node -> pods on another team's node
     spread: Spread | None = None
 
     @property
@@ -101,23 +101,25 @@ def spread_of(pod: dict[str, Any]) -> Spread:
     """The spread constraints of ``pod`` that select its own group."""
     spec = podspec.spec_of(pod)
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    out = Spread()
-    for required in (True, False):
-        for t in podspec.pod_affinity_terms(spec, "podAntiAffinity", required):
-            if t.get("topologyKey") == podspec.HOSTNAME and podspec.term_selects(t, labels):
-                if required:
-                    out.host_required = True
-                else:
-                    out.host_preferred = True
+    host = {
+        required: any(
+            t.get("topologyKey") == podspec.HOSTNAME and podspec.term_selects(t, labels)
+            for t in podspec.pod_affinity_terms(spec, "podAntiAffinity", required)
+        )
+        for required in (True, False)
+    }
+    skews: dict[str, int] = {}
     for c in spec.get("topologySpreadConstraints") or []:
         if not isinstance(c, dict) or not podspec.term_selects(c, labels):
             continue
-        skew = max(int(c.get("maxSkew") or 1), 1) if str(c.get("maxSkew") or "1").isdigit() else 1
-        if c.get("topologyKey") == podspec.HOSTNAME:
-            out.host_skew = skew if out.host_skew is None else min(out.host_skew, skew)
-        elif c.get("topologyKey") in ZONE_KEYS:
-            out.zone_skew = skew if out.zone_skew is None else min(out.zone_skew, skew)
-    return out
+        raw = c.get("maxSkew")
+        skew = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1 else 1
+        key = (
+            "host" if c.get("topologyKey") == podspec.HOSTNAME else "zone" if c.get("topologyKey") in ZONE_KEYS else ""
+        )
+        if key:
+            skews[key] = min(skews.get(key, skew), skew)
+    return Spread(host[True], host[False], skews.get("host"), skews.get("zone"))
 
 
 def _scheduler_message(pod: dict[str, Any]) -> str:
@@ -153,6 +155,7 @@ class Placement:
             for ns, team in t.namespaceTeams.items():
                 self.namespace_teams.setdefault(ns, team)
         self._facts: dict[NodeFacts, NodeFacts] = {}
+        self._spreads: dict[Spread, Spread] = {}
 
     # ------------------------------------------------------------------------------------------- feeding
 
@@ -209,19 +212,24 @@ class Placement:
         if not node:
             group.pending += 1
             message = _scheduler_message(pod)
-            if message and (message in group.messages or len(group.messages) < MESSAGES):
-                group.messages[message] += 1
+            if message:
+                messages = group.messages = group.messages or {}
+                if message in messages or len(messages) < MESSAGES:
+                    messages[message] = messages.get(message, 0) + 1
             return
         node = _s(node)
-        group.per_node[node] += 1
+        group.per_node[node] = group.per_node.get(node, 0) + 1
         if group.spread is None:
-            group.spread = spread_of(pod)
+            spread = spread_of(pod)
+            group.spread = self._spreads.setdefault(spread, spread)
         facts = self.nodes.get(node)
         if facts is not None:
             if facts.health:
-                group.health[node] += 1
+                health = group.health = group.health or {}
+                health[node] = health.get(node, 0) + 1
             if facts.team is not None and facts.team != self._team(namespace):
-                group.foreign[node] += 1
+                foreign = group.foreign = group.foreign or {}
+                foreign[node] = foreign.get(node, 0) + 1
 
     def _team(self, namespace: str) -> str | None:
         return self.namespace_teams.get(namespace) or self.namespace_labels.get(namespace, {}).get(workloads.TEAM_LABEL)
@@ -329,7 +337,9 @@ class Placement:
             "controllerKnown": g.known,
             "running": running,
             "pending": g.pending,
-            "pendingMessages": [{"message": m, "pods": n} for m, n in g.messages.most_common()],
+            "pendingMessages": [
+                {"message": m, "pods": n} for m, n in sorted((g.messages or {}).items(), key=lambda kv: -kv[1])
+            ],
             "podsPerNode": dict(sorted(g.per_node.items(), key=lambda kv: (-kv[1], kv[0]))),
             "podsPerZone": dict(sorted(per_zone.items(), key=lambda kv: (-kv[1], kv[0]))),
             "nodes": len(g.per_node),
