@@ -14,7 +14,9 @@ by the webhook's engine with every policy treated as `enforce` (whatever mode it
 manifest files or a live cluster (read-only, paginated). Each result says allowed or denied, every
 violation (rule, policy, field, message), every warning, the JSON patch, the blast radius of each
 replica group (the share of replicas one node or zone failure can take) and PodDisruptionBudgets that
-forbid every eviction.
+forbid every eviction. With --cluster, also the actual placement: per group, from where its pods run,
+what one node or zone failure takes (gangs: nodes, zones and expected restarts), pending pods, drift,
+and what each node's and zone's failure would cost.
 
 exit codes: 0 clean; 1 findings per --fail-on (default: violations); 2 usage error, or some input could
 not be read, parsed or listed (the rest is still audited and reported)."""
@@ -27,6 +29,7 @@ examples:
   helm template my-release ./chart | spreadguard audit -f - --diff
   spreadguard audit --cluster -n ml                    # one namespace of the current context
   spreadguard audit --cluster -A -o policyreport | kubectl apply -f -
+  spreadguard audit --cluster -A --top 20 -o json      # actual placement, every node in JSON
   spreadguard audit --cluster --context prod -A -o junit > audit.xml
   spreadguard audit -f examples/ --fail-on warnings    # CI: warnings fail too"""
 
