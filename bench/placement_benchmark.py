@@ -229,12 +229,12 @@ def child(mode: str, pods: int, node_count: int) -> dict:
         actual.node(node)
     seen = 0
     for obj in objects(pods, node_count):
-        if obj["kind"] == "Pod":
-            actual.pod(obj)
-            seen += 1
         result = auditor.audit(obj, "cluster")
         if result is not None:
             writer.add(result)
+        if obj["kind"] == "Pod":
+            actual.pod(obj)
+            seen += 1
     listed = time.perf_counter() - t0
     placed = actual.report()
     writer.placement(placed)

@@ -141,7 +141,9 @@ class Auditor:
             result.diff = unified_diff(obj, mutated, str(ref))
         if uid and kind != "Pod" and result.blast:
             self._covered.add(uid)
-        if self.placement is not None and kind != "Pod":
+        owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+        owned = any(isinstance(o, dict) and o.get("controller") for o in owners)
+        if self.placement is not None and not (kind == "Pod" and owned):  # a lone Pod too: its own group
             self.placement.workload(uid, ref, groups, result.blast)
         for g in groups:
             if g.replicas:

@@ -276,10 +276,13 @@ class Placement:
             else:
                 key, group, placement = ("p", namespace, pod_name), "pod", workloads.SINGLETON
                 workload = str(ref)
+                own = self.planned.pop(ref.uid, None) if ref.uid else None  # audited as itself: its would-be
+                planned = next(iter(own.values()), None) if own else None
         got = self.groups.get(key)
         if got is None:
             workload_key = "/".join(key[:4])
-            got = GroupPods(namespace, workload, workload_key, group, placement, planned is not None, planned, ref)
+            known = planned is not None and ctrl is not None
+            got = GroupPods(namespace, workload, workload_key, group, placement, known, planned, ref)
             self.groups[key] = got
         return got
 

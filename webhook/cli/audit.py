@@ -211,9 +211,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             for node in scan.nodes():
                 actual.node(node)
             for obj in scan.objects():
-                if obj.get("kind") == "Pod" and obj.get("apiVersion") == "v1":
-                    actual.pod(obj)
                 result = auditor.audit(obj, "cluster")
+                if obj.get("kind") == "Pod" and obj.get("apiVersion") == "v1":
+                    actual.pod(obj)  # after the audit: a lone pod's own result is its would-be view
                 if result is not None:
                     writer.add(result)
         except cluster.ClusterError as exc:  # lost the API server mid-scan: report what was audited
