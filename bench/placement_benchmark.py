@@ -236,6 +236,7 @@ def child(mode: str, pods: int, node_count: int) -> dict:
             actual.pod(obj)
             seen += 1
     listed = time.perf_counter() - t0
+    stream_rss = _rss_mib()  # peak so far: everything streamed, counters held, no report built yet
     placed = actual.report()
     writer.placement(placed)
     writer.close(auditor.summary())
@@ -244,12 +245,13 @@ def child(mode: str, pods: int, node_count: int) -> dict:
     return {
         "pods": seen,
         "nodes": node_count,
-        "groups": len(placed.groups),
+        "groups": placed.group_count,
         "audited": auditor.totals.resources,
         "streamSeconds": round(listed, 2),
         "wall": round(wall, 2),
         "cpu": round(cpu, 2),
         "reportMiB": round(out.size / 2**20, 1),
+        "streamRssMiB": round(stream_rss, 1),
         "rssMiB": round(_rss_mib(), 1),
         "startRssMiB": round(base, 1),
     }

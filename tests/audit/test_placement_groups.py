@@ -55,7 +55,7 @@ def run(objects: list[dict], nodes: int = 8, rate: float = 19.0) -> dict[tuple[s
         auditor.audit(obj, "cluster")
         if obj["kind"] == "Pod":
             placement.pod(obj)
-    return {(g["workload"], g["group"]): g for g in placement.report().groups}
+    return {(g["workload"], g["group"]): g for g in placement.report().groups()}
 
 
 JS = "jobset.sigs.k8s.io"

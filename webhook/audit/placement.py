@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,31 +297,8 @@ class Placement:
         return round(nodes * self.failure_rate * DAYS / 1000, 2)
 
     def report(self) -> PlacementReport:
-        zones_all = sorted({f.zone for f in self.nodes.values()})
-        gangs: dict[str, set[str]] = {}
-        for g in self.groups.values():
-            if g.placement == workloads.GANG:
-                gangs.setdefault(g.workload_key, set()).update(g.per_node)
-        groups = [self._figures(g, gangs, zones_all) for g in self.groups.values()]
-        groups.sort(key=lambda f: (-f["nodeFailureLossPercent"], f["workload"], f["group"]))
-        nodes: dict[str, list[dict[str, Any]]] = {}
-        zones: dict[str, list[dict[str, Any]]] = {}
-        for g in self.groups.values():
-            running = g.running
-            per_zone: Counter = Counter()
-            for node, count in g.per_node.items():
-                per_zone[self.zone(node)] += count
-                nodes.setdefault(node, []).append(_hurt(g, count, running))
-            for zone, count in per_zone.items():
-                zones.setdefault(zone, []).append(_hurt(g, count, running))
-        return PlacementReport(
-            failure_rate=self.failure_rate,
-            groups=groups,
-            nodes=_ranked(nodes, "node"),
-            zones=_ranked(zones, "zone"),
-            node_count=len(self.nodes),
-            skipped=dict(self.skipped),
-        )
+        """The figures, computed as they are read (``PlacementReport``): no copy of every group's figures."""
+        return PlacementReport(self)
 
     def _figures(self, g: GroupPods, gangs: dict[str, set[str]], zones_all: list[str]) -> dict[str, Any]:
         running = g.running
@@ -398,7 +375,8 @@ class Placement:
         return out
 
 
-def _hurt(g: GroupPods, pods: int, running: int) -> dict[str, Any]:
+def _hurt(g: GroupPods, pods: int) -> dict[str, Any]:
+    running = g.running
     stops = g.placement in STOPS
     return {
         "workload": g.workload,
@@ -409,25 +387,6 @@ def _hurt(g: GroupPods, pods: int, running: int) -> dict[str, Any]:
         "lossPercent": 100.0 if stops else _pct(pods, running),
         "stops": stops or pods == running,
     }
-
-
-def _ranked(damage: dict[str, list[dict[str, Any]]], what: str) -> list[dict[str, Any]]:
-    """Failure domains by the harm their failure does: groups stopped, then the shares lost, then pods."""
-    out = []
-    for name, hurt in damage.items():
-        hurt.sort(key=lambda h: (-h["lossPercent"], h["workload"], h["group"]))
-        out.append(
-            {
-                what: name,
-                "groupsStopped": sum(1 for h in hurt if h["stops"]),
-                "groupsHurt": len(hurt),
-                "lossPercentSum": round(sum(h["lossPercent"] for h in hurt), 1),
-                "pods": sum(h["pods"] for h in hurt),
-                "groups": hurt,
-            }
-        )
-    out.sort(key=lambda d: (-d["groupsStopped"], -d["lossPercentSum"], -d["pods"], d[what]))
-    return out
 
 
 def actual_text(f: dict[str, Any], rate: float) -> str:
@@ -453,21 +412,93 @@ def actual_text(f: dict[str, Any], rate: float) -> str:
     )
 
 
-@dataclass
 class PlacementReport:
-    failure_rate: float
-    groups: list[dict[str, Any]]
-    nodes: list[dict[str, Any]]  # "if node X fails", most harmful first
-    zones: list[dict[str, Any]]
-    node_count: int
-    skipped: dict[str, int]
+    """The figures of a ``Placement``, produced one group / node / zone at a time as a writer reads them.
 
-    def to_json(self) -> dict[str, Any]:
+    Held: the order of the groups, and per failure domain its harm and the (group, pods) pairs it holds
+    (small tuples over the groups' own records): no dict per figure until it is read.
+    """
+
+    def __init__(self, placement: Placement):
+        self._p = placement
+        self.failure_rate = placement.failure_rate
+        self.node_count = len(placement.nodes)
+        self.skipped = dict(placement.skipped)
+        self._groups = list(placement.groups.values())
+        self._zones_all = sorted({f.zone for f in placement.nodes.values()})
+        self._gangs: dict[str, set[str]] = {}
+        by: dict[str, dict[str, list[tuple[int, int]]]] = {"node": {}, "zone": {}}
+        loss: list[float] = []
+        for i, g in enumerate(self._groups):
+            if g.placement == workloads.GANG:
+                self._gangs.setdefault(g.workload_key, set()).update(g.per_node)
+            per_zone: dict[str, int] = {}
+            for node, count in g.per_node.items():
+                by["node"].setdefault(node, []).append((i, count))
+                zone = placement.zone(node)
+                per_zone[zone] = per_zone.get(zone, 0) + count
+            for zone, count in per_zone.items():
+                by["zone"].setdefault(zone, []).append((i, count))
+            running = g.running
+            top = max(g.per_node.values(), default=0)
+            loss.append(100.0 if g.placement in STOPS and running else _pct(top, running))
+        self._order = sorted(
+            range(len(self._groups)), key=lambda i: (-loss[i], self._groups[i].workload, self._groups[i].group)
+        )
+        self._domains = {what: self._rank(pairs) for what, pairs in by.items()}
+
+    def _rank(self, pairs: dict[str, list[tuple[int, int]]]) -> list[tuple[str, list[tuple[int, int]]]]:
+        """Failure domains by the harm their failure does: groups stopped, then the shares lost, then pods."""
+
+        def harm(item: tuple[str, list[tuple[int, int]]]) -> tuple[int, float, int, str]:
+            hurt = [_hurt(self._groups[i], pods) for i, pods in item[1]]
+            return (
+                -sum(1 for h in hurt if h["stops"]),
+                -round(sum(h["lossPercent"] for h in hurt), 1),
+                -sum(h["pods"] for h in hurt),
+                item[0],
+            )
+
+        return sorted(pairs.items(), key=harm)
+
+    @property
+    def group_count(self) -> int:
+        return len(self._groups)
+
+    def domain_count(self, what: str) -> int:
+        return len(self._domains[what])
+
+    def groups(self) -> Iterator[dict[str, Any]]:
+        """Every group's figures, the biggest loss to one node failure first."""
+        for i in self._order:
+            yield self._p._figures(self._groups[i], self._gangs, self._zones_all)
+
+    def domains(self, what: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """``what`` = ``node`` or ``zone``: what its failure would do, most harmful first."""
+        for name, pairs in self._domains[what][:limit]:
+            hurt = [_hurt(self._groups[i], pods) for i, pods in pairs]
+            hurt.sort(key=lambda h: (-h["lossPercent"], h["workload"], h["group"]))
+            yield {
+                what: name,
+                "groupsStopped": sum(1 for h in hurt if h["stops"]),
+                "groupsHurt": len(hurt),
+                "lossPercentSum": round(sum(h["lossPercent"] for h in hurt), 1),
+                "pods": sum(h["pods"] for h in hurt),
+                "groups": hurt,
+            }
+
+    def header(self) -> dict[str, Any]:
         return {
             "nodeFailureRatePer1000NodesPerDay": self.failure_rate,
             "nodesListed": self.node_count,
-            "groups": self.groups,
-            "ifNodeFails": self.nodes,
-            "ifZoneFails": self.zones,
             "skipped": self.skipped,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything at once (the JSON writer streams the same pieces instead)."""
+        return {
+            **self.header(),
+            "groups": list(self.groups()),
+            "ifNodeFails": list(self.domains("node")),
+            "ifZoneFails": list(self.domains("zone")),
         }

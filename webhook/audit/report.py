@@ -126,10 +126,10 @@ class TableWriter(Writer):
     def _placement(self, p: PlacementReport) -> None:
         w = self.out.write
         w(
-            f"\nACTUAL PLACEMENT: {_n(len(p.groups), 'group')} from where their pods run now "
+            f"\nACTUAL PLACEMENT: {_n(p.group_count, 'group')} from where their pods run now "
             '("after enforcement": what the audited workload would give once spreadguard\'s patch applies)\n'
         )
-        for g in p.groups:
+        for g in p.groups():
             w(f"  {g['text']}\n")
             if g["wouldBe"]:
                 w(f"      after enforcement: {g['wouldBe']['text']}\n")
@@ -137,12 +137,13 @@ class TableWriter(Writer):
                 w(f"      pending ({m['pods']}): {m['message']}\n")
             for d in g["drift"]:
                 w(f"      drift: {d}\n")
-        for what, domains in (("node", p.nodes), ("zone", p.zones)):
-            if not domains:
+        for what in ("node", "zone"):
+            total = p.domain_count(what)
+            if not total:
                 continue
-            shown = domains[: self.top]
-            w(f"\nIF A {what.upper()} FAILS ({len(shown)} of {len(domains)}, most harmful first; all in -o json)\n")
-            for d in shown:
+            shown = min(total, self.top)
+            w(f"\nIF A {what.upper()} FAILS ({shown} of {total}, most harmful first; all in -o json)\n")
+            for d in p.domains(what, self.top):
                 hurt = ", ".join(
                     f"{h['workload']} {h['group']} "
                     + ("stops" if h["placement"] in ("gang", "singleton") else f"-{h['pods']}/{h['of']}")
@@ -167,8 +168,18 @@ class JsonWriter(Writer):
     def close(self, summary: dict[str, Any]) -> None:
         self.out.write('{"results": [' if self._n == 0 else "\n")
         errors = [{"source": e.source, "message": e.message} for e in self.errors]
-        placement = f', "placement": {json.dumps(self.actual.to_json())}' if self.actual is not None else ""
-        self.out.write(f'], "summary": {json.dumps(summary)}, "errors": {json.dumps(errors)}{placement}}}\n')
+        self.out.write(f'], "summary": {json.dumps(summary)}, "errors": {json.dumps(errors)}')
+        if self.actual is not None:  # streamed, one group / node / zone at a time
+            p = self.actual
+            self.out.write(f', "placement": {json.dumps(p.header())[:-1]}, "groups": [')
+            for i, g in enumerate(p.groups()):
+                self.out.write((",\n" if i else "\n") + json.dumps(g))
+            for key, what in (("ifNodeFails", "node"), ("ifZoneFails", "zone")):
+                self.out.write(f'], "{key}": [')
+                for i, d in enumerate(p.domains(what)):
+                    self.out.write((",\n" if i else "\n") + json.dumps(d))
+            self.out.write("]}")
+        self.out.write("}\n")
 
 
 def _now() -> dict[str, int]:
@@ -282,7 +293,7 @@ class PolicyReportWriter(Writer):
         }
 
     def close(self, summary: dict[str, Any]) -> None:
-        for g in self.actual.groups if self.actual is not None else []:
+        for g in self.actual.groups() if self.actual is not None else []:
             self._by_ns.setdefault(g["namespace"], []).append(self._placement_result(g))
         by_ns = sorted(self._by_ns.items(), key=lambda x: x[0] or "")
         reports = [self._report("PolicyReport", ns, res) for ns, res in by_ns]
@@ -358,7 +369,7 @@ class JunitWriter(Writer):
         suite.extend(self._cases)
         if self.actual is not None:  # a suite of its own: the results' counts stay what they were
             cases = []
-            for g in self.actual.groups:
+            for g in self.actual.groups():
                 case = ET.Element(
                     "testcase", classname=f"placement.{g['namespace'] or '-'}", name=g["workload"] + " " + g["group"]
                 )
