@@ -4,7 +4,9 @@ Read-only (discovery and ``list``), page by page (``limit``/``continue``): a pag
 are yielded one by one and dropped, so a cluster of 100,000 pods is never held in memory. Kinds are
 listed owners first (a Deployment before its ReplicaSets before their Pods) so that the audit can skip
 the children of workloads it already judged. Training CRDs the cluster does not serve are skipped with
-a note; a resource that cannot be listed (403) is reported and the scan goes on.
+a note; a resource that cannot be listed (403) is reported and the scan goes on. ``nodes()`` lists the
+Nodes, paged the same way, for the placement audit (where pods run). Configuration, error wording and
+paging come from ``webhook.kube.client``; plurals and versions from ``webhook.engine.workloads``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Sessio
 
 @dataclass
 class Scan:
-    """One read-only pass over a cluster: ``discover()``, then ``namespaces()`` and ``objects()``.
+    """One read-only pass over a cluster: ``discover()``, then ``namespaces()``, ``nodes()`` and ``objects()``.
 
     ``namespace`` None lists every namespace. Problems that end the scan raise ``ClusterError``; ones
     that only lose a resource (403, an expired continue token) go to ``errors`` (and ``on_error``).
