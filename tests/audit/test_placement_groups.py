@@ -145,3 +145,27 @@ def test_scheduler_messages_and_owner_cycles_are_bounded() -> None:
     [g] = groups.values()
     assert g["pending"] == 51 and len(g["pendingMessages"]) == MESSAGES
     assert g["pendingMessages"][0] == {"message": "reason 0", "pods": 2}
+
+
+def test_an_owner_in_another_namespace_is_not_trusted() -> None:
+    """ownerReferences are namespace-local (the garbage collector ignores others): a pod in namespace
+    ``evil`` that names the ReplicaSet of ml/llama as its controller is not counted in that Deployment."""
+    labels = {"app": "llama"}
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta("llama", "dep"),
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {**TEMPLATE, "metadata": {"labels": labels}},
+        },
+    }
+    rs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta("llama-1", "rs", ("Deployment", "dep"))}
+    mine = [pod(f"llama-1-{i}", f"n{i}", ("ReplicaSet", "rs"), labels) for i in range(2)]
+    evil = pod("intruder", "n0", ("ReplicaSet", "rs"), labels)
+    evil["metadata"]["namespace"] = "evil"
+    groups = run([dep, rs, *mine, evil])
+    assert groups[("Deployment ml/llama", "pods")]["podsPerNode"] == {"n0": 1, "n1": 1}
+    intruder = next(g for (w, _), g in groups.items() if w.startswith("ReplicaSet evil/"))
+    assert intruder["controllerKnown"] is False and intruder["running"] == 1

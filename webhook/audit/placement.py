@@ -142,7 +142,7 @@ class Placement:
     ):
         self.failure_rate = failure_rate
         self.nodes: dict[str, NodeFacts] = {}
-        self.owners: dict[str, tuple[str, str, str]] = {}  # uid -> (kind, name, controller owner uid or "")
+        self.owners: dict[str, tuple[str, str, str, str]] = {}  # uid -> (kind, name, controller uid or "", namespace)
         self.planned: dict[str, dict[str, Planned]] = {}  # workload uid -> lower-case group name -> group
         self.groups: dict[tuple[str, ...], GroupPods] = {}
         self.skipped: Counter = Counter()
@@ -184,6 +184,7 @@ class Placement:
             str(obj.get("kind") or ""),
             str(meta.get("name") or ""),
             str((ctrl or {}).get("uid") or ""),
+            str(meta.get("namespace") or ""),
         )
 
     def workload(self, uid: str, ref: Ref, groups: Iterable[workloads.Group], blasts: Sequence[Blast]) -> None:
@@ -234,9 +235,14 @@ class Placement:
     def _team(self, namespace: str) -> str | None:
         return self.namespace_teams.get(namespace) or self.namespace_labels.get(namespace, {}).get(workloads.TEAM_LABEL)
 
-    def _chain(self, uid: str) -> list[str]:
+    def _chain(self, uid: str, namespace: str) -> list[str]:
+        """The controllers above a pod, nearest first. An owner must be in the pod's namespace (the API's
+        garbage collector ignores cross-namespace owners, so a pod claiming one is not part of that group);
+        a cycle or a chain longer than 8 stops the walk."""
         chain: list[str] = []
         while uid and uid in self.owners and uid not in chain and len(chain) < 8:
+            if self.owners[uid][3] != namespace:
+                break
             chain.append(uid)
             uid = self.owners[uid][2]
         return chain
@@ -246,7 +252,7 @@ class Placement:
         ctrl = next((o for o in owners if o.get("controller")), None)
         found = workloads.pod_group(pod)
         name = found.name if found else "pods"
-        chain = self._chain(str((ctrl or {}).get("uid") or ""))
+        chain = self._chain(str((ctrl or {}).get("uid") or ""), namespace)
         planned: Planned | None = None
         for uid in reversed(chain):  # the outermost workload that spreadguard audited and that has this group
             groups = self.planned.get(uid) or {}
@@ -270,13 +276,13 @@ class Placement:
         else:  # a Pod of its own
             pod_name = str(meta.get("name") or meta.get("generateName") or "")
             ref = Ref("v1", "Pod", namespace, pod_name, str(meta.get("uid") or ""))
+            own = self.planned.pop(ref.uid, None) if ref.uid else None  # audited as itself: its would-be view
             if found is not None:  # labelled as part of a group (e.g. spreadguard.io/group)
                 key, group, placement = ("l", namespace, name), name, found.placement
                 workload = f"pods of group {name} in {namespace}"
             else:
                 key, group, placement = ("p", namespace, pod_name), "pod", workloads.SINGLETON
                 workload = str(ref)
-                own = self.planned.pop(ref.uid, None) if ref.uid else None  # audited as itself: its would-be
                 planned = next(iter(own.values()), None) if own else None
         got = self.groups.get(key)
         if got is None:
