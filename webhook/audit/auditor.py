@@ -197,7 +197,7 @@ def read_documents(paths: Sequence[str], recursive: bool = False, stdin: TextIO 
     for arg in paths:
         seen = 0
         if arg == "-":
-            stream = stdin if stdin is not None else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+            stream = stdin if stdin is not None else _stdin()
             for doc in _decoded(parse_stream(stream, STDIN), STDIN):
                 seen += 1
                 yield doc
@@ -226,6 +226,12 @@ def read_documents(paths: Sequence[str], recursive: bool = False, stdin: TextIO 
                 yield Document(arg, error="no objects: the file is empty")
         else:
             yield Document(arg, error="no such file or directory")
+
+
+def _stdin() -> TextIO:
+    """Standard input read as UTF-8 whatever the locale says (manifests are UTF-8)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return io.TextIOWrapper(buffer, encoding="utf-8") if buffer is not None else sys.stdin
 
 
 def _decoded(docs: Iterator[Document], name: str) -> Iterator[Document]:
