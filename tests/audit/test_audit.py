@@ -80,7 +80,11 @@ def test_reader_json_streams_and_typed_lists(tmp_path: Path) -> None:
     f = tmp_path / "stream.json"
     f.write_text(json.dumps(typed, indent=1) + "\n" + json.dumps(cm) + "\n{broken")
     docs = list(audit.read_documents([str(f)]))
-    assert [d.source.rsplit("/", 1)[-1] for d in docs] == ["stream.json#doc 1 items[0]", "stream.json#doc 2", "stream.json#doc 3"]
+    assert [d.source.rsplit("/", 1)[-1] for d in docs] == [
+        "stream.json#doc 1 items[0]",
+        "stream.json#doc 2",
+        "stream.json#doc 3",
+    ]
     assert docs[0].obj["kind"] == "Pod" and docs[0].obj["apiVersion"] == "v1"
     assert docs[2].error.startswith("not valid JSON")
 

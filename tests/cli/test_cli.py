@@ -125,7 +125,9 @@ def test_evaluate_reads_stdin_multi_document_and_lists() -> None:
     a_list = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [deployment, statefulset]})
     run = cli("evaluate", "-f", "-", stdin=f"{job}\n---\n{a_list}")
     assert run.code == 0, str(run)
-    out = docs(run.out)
+    [listed] = docs(run.out)  # several objects: one List, as kubectl prints them
+    assert listed["kind"] == "List"
+    out = listed["items"]
     assert [o["kind"] for o in out] == ["PyTorchJob", "Deployment", "StatefulSet"]
     assert worker_anti_affinity(out[0])
     for obj in out[1:]:
@@ -137,7 +139,14 @@ def test_evaluate_reads_stdin_multi_document_and_lists() -> None:
 def test_evaluate_patch_output_is_a_json_patch() -> None:
     run = cli("evaluate", "-f", "examples/pytorchjob.yaml", "-o", "patch")
     assert run.code == 0, str(run)
-    patch = json.loads(run.out)
+    [entry] = json.loads(run.out)  # each patch labelled with its object
+    assert {k: entry[k] for k in ("apiVersion", "kind", "namespace", "name")} == {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "namespace": "ml",
+        "name": "vit-pretrain",
+    }
+    patch = entry["patch"]
     assert patch and {op["op"] for op in patch} == {"add"}
     assert any(op["path"].startswith("/spec/pytorchReplicaSpecs/Worker/template/spec/") for op in patch)
 

@@ -151,7 +151,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     notes: list[str] = []
 
     def error(e: audit.InputError) -> None:
-        print(f"spreadguard: {e.text()}", file=sys.stderr)
+        print(f"spreadguard: error: {e.text()}", file=sys.stderr)
         writer.error(e)
 
     if args.filename:

@@ -10,7 +10,6 @@ from typing import Any
 
 from webhook.cli.common import formatter, load_policies_or_exit
 
-
 SCHEMA_COMMENT = re.compile(r"^#\s*yaml-language-server:\s*\$schema=(\S+)")
 
 
