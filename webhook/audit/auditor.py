@@ -239,11 +239,8 @@ def _decoded(docs: Iterator[Document], name: str) -> Iterator[Document]:
     try:
         yield from docs
     except UnicodeDecodeError as exc:
-        yield Document(
-            name,
-            error=f"not a text file: byte 0x{exc.object[exc.start]:02x} is not UTF-8 (at offset "
-            f"{exc.start} of a read block); spreadguard reads YAML or JSON",
-        )
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        yield Document(name, error=f"not a text file (byte 0x{byte} is not UTF-8): spreadguard reads YAML or JSON")
 
 
 def _read_file(path: Path) -> Iterator[Document]:

@@ -57,7 +57,7 @@ def _leaf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
 
 # flags people try from other servers and CLIs -> what spreadguard calls them
 FLAG_HINTS = {
-    "--port": "--bind HOST:PORT (e.g. --bind 127.0.0.1:9443)",
+    "--port": "--bind HOST:PORT",
     "--host": "--bind HOST:PORT",
     "--listen": "--bind HOST:PORT",
     "--address": "--bind HOST:PORT",
@@ -79,7 +79,9 @@ def _hint(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
         if not flag.startswith("-"):
             continue
         if flag in FLAG_HINTS and FLAG_HINTS[flag].split()[0].split("/")[-1] in options:
-            return f"{flag} is not an option here; did you mean {FLAG_HINTS[flag]}?"
+            given = arg.partition("=")[2] or next(iter(unknown[unknown.index(arg) + 1 :]), "")
+            example = f" (e.g. --bind 127.0.0.1:{given})" if flag == "--port" and given.isdigit() else ""
+            return f"{flag} is not an option here; did you mean {FLAG_HINTS[flag]}{example}?"
         close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
         if close:
             return f"did you mean {close[0]}?"
