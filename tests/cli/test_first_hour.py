@@ -7,6 +7,7 @@ repository and checks exit codes, stdout and stderr. The only double is none: th
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -288,6 +289,17 @@ def test_try_it_snippet_runs_with_only_what_the_project_installs(server: Server,
     response = json.loads(done.stdout)
     assert response["allowed"] is False and response["status"]["code"] == 403
     assert "[single-node-pinning]" in response["status"]["message"]
+    curl = re.search(r"^curl (.*?)\n(?!  )", block.replace("\\\n", ""), flags=re.S | re.M)
+    assert curl, block
+    if shutil.which("curl"):
+        args = curl.group(1).replace("https://127.0.0.1:8443", server.url).replace("certs/ca.crt", str(server.ca))
+        done = subprocess.run(["curl", *args.replace("'", "").split()], cwd=REPO, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["kind"] == "AdmissionReview" and answer["response"]["allowed"] is True
+        assert answer["response"]["patchType"] == "JSONPatch"
+        patch = json.loads(base64.b64decode(answer["response"]["patch"]))
+        assert any(op["path"].startswith("/spec/pytorchReplicaSpecs/Worker/template/spec") for op in patch), patch
 
 
 def test_docs_run_spreadguard_from_the_venv_or_say_how_to_put_it_on_path() -> None:
