@@ -491,6 +491,8 @@ def test_evaluate_old_judges_an_update(tmp_path: Path) -> None:
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     unmatched = sg("evaluate", "-f", str(tmp_path / "new.yaml"), "--old", str(tmp_path / "other.yaml"))
     assert unmatched.code == 2 and "no object of that kind, namespace and name in --old" in unmatched.err
+    blind = sg("evaluate", "-f", str(tmp_path / "new.yaml"), "--operation", "UPDATE", "-o", "none")
+    assert blind.code == 1 and "UPDATE without --old FILE: every pod template counts as changed" in blind.err
     wrong = sg(
         "evaluate", "-f", str(tmp_path / "new.yaml"), "--old", str(tmp_path / "old.yaml"), "--operation", "CREATE"
     )

@@ -108,6 +108,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.old and operation != "UPDATE":
         input_error("--old", "the object before the change is for --operation UPDATE")
         return 2
+    if operation == "UPDATE" and not args.old:
+        print(
+            "spreadguard: note: UPDATE without --old FILE: every pod template counts as changed, as on CREATE",
+            file=sys.stderr,
+        )
     old = _old_objects(args.old, args.namespace) if args.old else {}
     if old is None:
         return 2
