@@ -235,6 +235,8 @@ def test_binary_input_is_an_error_naming_the_file(tmp_path: Path, command: str) 
     run = sg(command, "-f", str(blob))
     assert run.code == 2, str(run)
     assert f"spreadguard: error: {blob}" in run.err and "not a text file" in run.err, str(run)
+    run = sg(command, "-f", "-", stdin=b"kind: Pod\x00\x01\x02")  # UTF-8, but control characters
+    assert run.code == 2 and "stdin#doc 1: not a text file (control character" in run.err, str(run)
     run = sg(command, "-f", "-", stdin=b"\xff\xfe\x00binary")
     assert run.code == 2 and "stdin" in run.err and "not a text file" in run.err, str(run)
 

@@ -85,7 +85,7 @@ def _yaml_chunks(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
 def _yaml_error(exc: yaml.YAMLError, start: int, chunk: str) -> str:
     """What is wrong, at which line of the file, and the lines around it with a caret (kept as lines)."""
     if isinstance(exc, yaml.reader.ReaderError):
-        return f"not valid YAML: not text (character {exc.character!r} at offset {exc.position} of the document)"
+        return f"not a text file (control character {exc.character!r} at offset {exc.position} of the document)"
     mark = getattr(exc, "problem_mark", None)
     what = (
         "; ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
