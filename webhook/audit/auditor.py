@@ -9,6 +9,7 @@ Objects stream through ``Auditor.audit`` one at a time; nothing keeps them after
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import math
 import sys
@@ -23,7 +24,7 @@ from xml.etree import ElementTree as ET
 import yaml
 
 from webhook.engine import labels as labelsel
-from webhook.engine import podspec, workloads
+from webhook.engine import podspec, workloads, yamlio
 from webhook.engine.decide import Violation, evaluate
 from webhook.engine.policy import Policy
 from webhook.engine.target import Context
@@ -42,7 +43,7 @@ FAIL_ON = ("violations", "warnings", "never")
 class Document:
     """One object read from input (``obj``), or why a document could not be read (``error``)."""
 
-    source: str  # "path:doc", "path:doc:items[i]" for List items, "-" is stdin
+    source: str  # "path#doc N" (documents count from 1), "path#doc N items[i]" for List items; stdin is "stdin"
     obj: dict[str, Any] | None = None
     error: str | None = None
 
@@ -81,11 +82,24 @@ def _yaml_chunks(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
         yield start, "".join(buf)
 
 
-def _yaml_error(exc: yaml.YAMLError, start: int) -> str:
+def _yaml_error(exc: yaml.YAMLError, start: int, chunk: str) -> str:
+    """What is wrong, at which line of the file, and the lines around it with a caret (kept as lines)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not a text file (control character {exc.character!r} at offset {exc.position} of the document)"
     mark = getattr(exc, "problem_mark", None)
-    where = f" (line {start + mark.line}, column {mark.column + 1})" if mark else ""
-    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"not valid YAML: {what}{where}"
+    what = (
+        "; ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+        or str(exc).splitlines()[0]
+    )
+    if mark is None:
+        return f"not valid YAML: {what}"
+    lines = chunk.splitlines()
+    excerpt = []
+    for i in range(max(mark.line - 2, 0), min(mark.line, len(lines) - 1) + 1):
+        excerpt.append(f"  {start + i:>5} | {lines[i][:160]}")
+    if mark.line < len(lines):
+        excerpt.append(f"  {'':>5} | {' ' * min(mark.column, 160)}^")
+    return f"not valid YAML at line {start + mark.line}, column {mark.column + 1}: {what}\n" + "\n".join(excerpt)
 
 
 def _expand(doc: Any, source: str) -> Iterator[Document]:
@@ -99,7 +113,7 @@ def _expand(doc: Any, source: str) -> Iterator[Document]:
         for i, item in enumerate(doc["items"]):
             if isinstance(item, dict) and item_kind and "kind" not in item:
                 item = {"apiVersion": doc.get("apiVersion"), "kind": item_kind, **item}  # typed lists omit them
-            yield from _expand(item, f"{source}:items[{i}]")
+            yield from _expand(item, f"{source} items[{i}]")
         return
     if not isinstance(doc.get("apiVersion"), str) or not isinstance(kind, str):
         yield Document(source, error="not a Kubernetes object: apiVersion and kind are required")
@@ -130,12 +144,12 @@ def parse_stream(lines: Iterable[str], name: str) -> Iterator[Document]:
             doc = yaml.load(chunk, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             doc_no += 1
-            yield Document(f"{name}:{doc_no}", error=_yaml_error(exc, start))
+            yield Document(f"{name}#doc {doc_no}", error=_yaml_error(exc, start, chunk))
             continue
         if doc is None:
             continue
         doc_no += 1
-        yield from _expand(doc, f"{name}:{doc_no}")
+        yield from _expand(doc, f"{name}#doc {doc_no}")
 
 
 def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
@@ -158,13 +172,13 @@ def _json_stream(text: str, name: str) -> Generator[Document, None, bool]:
             if doc_no == 0:
                 return False
             yield Document(
-                f"{name}:{doc_no + 1}",
+                f"{name}#doc {doc_no + 1}",
                 error=f"not valid JSON: {exc.msg} (line {exc.lineno}, column "
                 f"{exc.colno}); the rest of the file is not read",
             )
             return True
         doc_no += 1
-        yield from _expand(doc, f"{name}:{doc_no}")
+        yield from _expand(doc, f"{name}#doc {doc_no}")
 
 
 def _files(path: Path, recursive: bool) -> list[Path]:
@@ -172,11 +186,23 @@ def _files(path: Path, recursive: bool) -> list[Path]:
     return sorted(f for f in found if f.suffix in SUFFIXES and f.is_file())
 
 
+STDIN = "stdin"  # how ``-f -`` is named in every message
+
+
 def read_documents(paths: Sequence[str], recursive: bool = False, stdin: TextIO | None = None) -> Iterator[Document]:
-    """Objects from files, directories (``recursive``: their subdirectories too) and ``-`` (stdin)."""
+    """Objects from files, directories (``recursive``: their subdirectories too) and ``-`` (stdin).
+
+    An argument that holds no document at all (an empty file, empty stdin) is an error, as in kubectl.
+    """
     for arg in paths:
+        seen = 0
         if arg == "-":
-            yield from parse_stream(stdin if stdin is not None else sys.stdin, "-")
+            stream = stdin if stdin is not None else _stdin()
+            for doc in _decoded(parse_stream(stream, STDIN), STDIN):
+                seen += 1
+                yield doc
+            if not seen:
+                yield Document(STDIN, error="no objects: the input is empty")
             continue
         path = Path(arg)
         if path.is_dir():
@@ -184,20 +210,45 @@ def read_documents(paths: Sequence[str], recursive: bool = False, stdin: TextIO 
             if not files:
                 hint = "" if recursive else " (use -R to read subdirectories)"
                 yield Document(arg, error=f"no {', '.join('*' + s for s in SUFFIXES)} files in the directory{hint}")
+                continue
             for f in files:
-                yield from _read_file(f)
+                for doc in _read_file(f):
+                    seen += 1
+                    yield doc
+            if not seen:
+                count = _n(len(files), "file")
+                yield Document(arg, error=f"no objects: every file in the directory is empty ({count})")
         elif path.exists():
-            yield from _read_file(path)
+            for doc in _read_file(path):
+                seen += 1
+                yield doc
+            if not seen:
+                yield Document(arg, error="no objects: the file is empty")
         else:
             yield Document(arg, error="no such file or directory")
+
+
+def _stdin() -> TextIO:
+    """Standard input read as UTF-8 whatever the locale says (manifests are UTF-8)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return io.TextIOWrapper(buffer, encoding="utf-8") if buffer is not None else sys.stdin
+
+
+def _decoded(docs: Iterator[Document], name: str) -> Iterator[Document]:
+    """``docs``, ending with an error (not an exception) when the input turns out not to be UTF-8 text."""
+    try:
+        yield from docs
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        yield Document(name, error=f"not a text file (byte 0x{byte} is not UTF-8): spreadguard reads YAML or JSON")
 
 
 def _read_file(path: Path) -> Iterator[Document]:
     try:
         with path.open(encoding="utf-8") as fh:
-            yield from parse_stream(fh, str(path))
-    except (OSError, UnicodeDecodeError) as exc:
-        yield Document(str(path), error=f"cannot read: {exc}")
+            yield from _decoded(parse_stream(fh, str(path)), str(path))
+    except OSError as exc:
+        yield Document(str(path), error=f"cannot read: {exc.strerror or exc}")
 
 
 # -------------------------------------------------------------------------------- policies
@@ -480,6 +531,17 @@ def _pdb_selects(pdb: dict[str, Any], labels: dict[str, str]) -> bool:
 # ------------------------------------------------------------------------------ results
 
 
+# kind names that more than one API group uses (Volcano's Job beside batch/v1 Job): shown with their group
+_SHARED_KIND_NAMES = {name for name, n in Counter(kind for _, kind in workloads.KINDS).items() if n > 1}
+_BUILTIN_GROUPS = ("", "apps", "batch", "policy")
+
+
+def kind_label(api_version: str, kind: str) -> str:
+    """``Job`` for batch/v1, ``Job.batch.volcano.sh`` for Volcano: a kind name alone must not be ambiguous."""
+    group = api_version.split("/", 1)[0] if "/" in api_version else ""
+    return f"{kind}.{group}" if kind in _SHARED_KIND_NAMES and group not in _BUILTIN_GROUPS else kind
+
+
 @dataclass(frozen=True, slots=True)
 class Ref:
     api_version: str
@@ -489,7 +551,9 @@ class Ref:
     uid: str = ""
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+        """``Kind namespace/name``, ``Kind name`` without a namespace (the same in evaluate and audit)."""
+        kind = kind_label(self.api_version, self.kind)
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
 
     def to_json(self) -> dict[str, str]:
         return {"apiVersion": self.api_version, "kind": self.kind, "namespace": self.namespace, "name": self.name}
@@ -516,7 +580,8 @@ class Result:
     violations: list[Violation] = field(default_factory=list)  # would deny
     advisories: list[Violation] = field(default_factory=list)  # findings that would only warn
     warnings: list[str] = field(default_factory=list)  # one line per advisory (and dryrun addition)
-    notes: list[str] = field(default_factory=list)  # what the patch adds, how the kind is handled
+    notes: list[str] = field(default_factory=list)  # what the patch adds (and exemptions granted)
+    info: list[str] = field(default_factory=list)  # how the kind is handled when it is special (TrainJob)
     patch: list[dict[str, Any]] = field(default_factory=list)
     blast: list[Blast] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
@@ -524,12 +589,21 @@ class Result:
 
     @property
     def status(self) -> str:
-        return "deny" if not self.allowed else "warn" if self.warnings else "pass"
+        """deny, warn, risk (admitted without findings, but one node failure can take a whole group of
+        several replicas: say so rather than "pass" beside "can lose 100%"), or pass."""
+        if not self.allowed:
+            return "deny"
+        if self.warnings:
+            return "warn"
+        if any(b.replicas > 1 and b.node_share >= 1 for b in self.blast):
+            return "risk"
+        return "pass"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "resource": self.resource.to_json(),
             "source": self.source,
+            "status": self.status,
             "allowed": self.allowed,
             "violations": [_violation_json(v) for v in self.violations],
             "warnings": list(self.warnings),
@@ -538,6 +612,7 @@ class Result:
             "blastRadius": [b.to_json() for b in self.blast],
             "policies": list(self.policies),
             "notes": list(self.notes),
+            "info": list(self.info),
         }
         if self.diff is not None:
             out["diff"] = self.diff
@@ -561,9 +636,8 @@ def unified_diff(before: dict[str, Any], after: dict[str, Any], label: str) -> s
     """The object before and after mutation as YAML, unified diff ('' when nothing changes)."""
     if before == after:
         return ""
-    dump = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    a = yaml.dump(before, Dumper=dump, sort_keys=False).splitlines(keepends=True)
-    b = yaml.dump(after, Dumper=dump, sort_keys=False).splitlines(keepends=True)
+    a = yamlio.dump(before).splitlines(keepends=True)
+    b = yamlio.dump(after).splitlines(keepends=True)
     return "".join(difflib.unified_diff(a, b, f"{label} (as written)", f"{label} (after spreadguard)"))
 
 
@@ -573,6 +647,8 @@ class Totals:
     allowed: int = 0
     denied: int = 0
     warned: int = 0  # allowed, with warnings
+    at_risk: int = 0  # allowed without findings, but a group of several replicas can be lost with one node
+    info: int = 0  # notes on how a kind is handled (TrainJob)
     violations: int = 0
     warnings: int = 0
     patched: int = 0
@@ -584,6 +660,8 @@ class Totals:
         self.allowed += r.allowed
         self.denied += not r.allowed
         self.warned += r.allowed and bool(r.warnings)
+        self.at_risk += r.status == "risk"
+        self.info += len(r.info)
         self.violations += len(r.violations)
         self.warnings += len(r.warnings)
         self.patched += bool(r.patch)
@@ -691,7 +769,8 @@ class Auditor:
             violations=list(d.violations),
             advisories=list(d.advisories),
             warnings=[v.text() for v in d.advisories] + list(d.dryrun),
-            notes=list(d.notes) + list(d.info) + [f"exemption {e}" for e in getattr(d, "exemptions", [])],
+            notes=list(d.notes) + [f"exemption {e}" for e in getattr(d, "exemptions", [])],
+            info=list(d.info),
             patch=d.patch,
             blast=blast_radius(mutated, self.zones, groups),
             policies=list(d.policies),
@@ -736,6 +815,8 @@ class Auditor:
             "allowed": t.allowed,
             "denied": t.denied,
             "warned": t.warned,
+            "atRisk": t.at_risk,
+            "info": t.info,
             "violations": t.violations,
             "warnings": t.warnings,
             "patched": t.patched,
@@ -785,7 +866,7 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-_COLORS = {"deny": "31", "warn": "33", "pass": "32", "+": "32", "-": "31", "@": "36"}
+_COLORS = {"deny": "31", "warn": "33", "risk": "33", "pass": "32", "+": "32", "-": "31", "@": "36"}
 
 
 class TableWriter(Writer):
@@ -815,6 +896,8 @@ class TableWriter(Writer):
         w = worst(r.blast)
         if w is not None:
             details.append(w.node_text())
+        if r.info:
+            details.append(_n(len(r.info), "note") + " (-v)" if not self.verbose else _n(len(r.info), "note"))
         if not r.policies and not rules and r.resource.kind != "PodDisruptionBudget":
             details.append("no policy matched")
         source = "" if r.source == "cluster" else f"  ({r.source})"
@@ -825,6 +908,8 @@ class TableWriter(Writer):
                 self.out.write(f"         deny   {v.text()}\n")
             for line in r.warnings:
                 self.out.write(f"         warn   {line}\n")
+            for line in r.info:
+                self.out.write(f"         note   {line}\n")
             for line in r.notes:
                 self.out.write(f"         add    {line}\n")
             for b in r.blast:
@@ -837,8 +922,9 @@ class TableWriter(Writer):
         self._head()
         s = summary
         self.out.write(
-            f"\n{_n(s['resources'], 'resource')}: {s['allowed'] - s['warned']} pass, {s['warned']} warn, "
-            f"{s['denied']} deny; {_n(s['violations'], 'violation')}, {_n(s['warnings'], 'warning')}; "
+            f"\n{_n(s['resources'], 'resource')}: {s['allowed'] - s['warned'] - s['atRisk']} pass, "
+            f"{s['atRisk']} risk, {s['warned']} warn, {s['denied']} deny; {_n(s['violations'], 'violation')}, "
+            f"{_n(s['warnings'], 'warning')}, {_n(s['info'], 'note')}; "
             f"{_n(s['patchOperations'], 'patch operation')} on {_n(s['patched'], 'resource')}\n"
         )
         if s["byRule"]:
@@ -976,8 +1062,7 @@ class PolicyReportWriter(Writer):
         ]
         if cluster:
             reports.append(self._report("ClusterPolicyReport", None, cluster))
-        dump = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-        self.out.write(yaml.dump_all(reports, Dumper=dump, sort_keys=False, explicit_start=True) if reports else "")
+        self.out.write(yamlio.dump_all(reports) if reports else "")
 
 
 class JunitWriter(Writer):
@@ -1002,7 +1087,7 @@ class JunitWriter(Writer):
         for rule, text in failing:
             ET.SubElement(case, "failure", type=rule, message=text[:200]).text = text
         self._failures += bool(failing)
-        out = [f"warning: {w}" for w in r.warnings] + [f"adds: {n}" for n in r.notes]
+        out = [f"warning: {w}" for w in r.warnings] + [f"note: {i}" for i in r.info] + [f"adds: {n}" for n in r.notes]
         out += [f"blast radius: {b.text()}" for b in r.blast]
         if out:
             ET.SubElement(case, "system-out").text = "\n".join(out)

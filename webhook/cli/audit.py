@@ -16,6 +16,9 @@ violation (rule, policy, field, message), every warning, the JSON patch, the bla
 replica group (the share of replicas one node or zone failure can take) and PodDisruptionBudgets that
 forbid every eviction.
 
+table RESULT: pass; risk (admitted without findings, but one node failure can take every replica of a
+group of several); warn (admitted with warnings); deny. Sources: FILE#doc N is the N-th document.
+
 exit codes: 0 clean; 1 findings per --fail-on (default: violations); 2 usage error, or some input could
 not be read, parsed or listed (the rest is still audited and reported)."""
 
@@ -151,7 +154,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     notes: list[str] = []
 
     def error(e: audit.InputError) -> None:
-        print(f"spreadguard: {e.text()}", file=sys.stderr)
+        print(f"spreadguard: error: {e.text()}", file=sys.stderr)
         writer.error(e)
 
     if args.filename:
