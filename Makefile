@@ -6,11 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: serve test test-fast lint bench bench-audit clean
 
+# The first run installs everything into .venv (a minute or two): pip shows each package as it goes.
 $(STAMP): pyproject.toml
+	@echo "==> first run: creating $(VENV) and installing spreadguard with its test tools (pip's progress follows)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[test]'
 	touch $(STAMP)
+	@echo "==> installed: $(BIN)/spreadguard (or: . $(VENV)/bin/activate, then spreadguard)"
 
 serve: $(STAMP)
 	$(BIN)/spreadguard certs generate --out certs/

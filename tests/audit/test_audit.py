@@ -63,13 +63,13 @@ def test_reader_numbers_documents_and_keeps_going_after_a_bad_one() -> None:
     docs = list(manifests.read_documents([str(MANIFESTS / "mixed.yaml")]))
     name = str(MANIFESTS / "mixed.yaml")
     assert [(d.source, d.obj is not None) for d in docs] == [
-        (f"{name}:1", True),
-        (f"{name}:2", False),  # the broken Pod: reported, the rest still read
-        (f"{name}:3", True),  # the comment-only document is not counted
-        (f"{name}:4:items[0]", True),
-        (f"{name}:4:items[1]", False),
+        (f"{name}#doc 1", True),  # FILE#doc N: a document number (FILE:N is a line everywhere)
+        (f"{name}#doc 2", False),  # the broken Pod: reported, the rest still read
+        (f"{name}#doc 3", True),  # the comment-only document is not counted
+        (f"{name}#doc 4 items[0]", True),
+        (f"{name}#doc 4 items[1]", False),
     ]
-    assert "not valid YAML" in docs[1].error and "(line 24, column" in docs[1].error
+    assert "not valid YAML at line 24, column" in docs[1].error
     assert docs[4].error == "a str, not a Kubernetes object"
     assert docs[2].obj["data"]["created"] == "2024-05-01T10:00:00Z"  # timestamps stay strings (JSON-safe)
 
@@ -81,7 +81,11 @@ def test_reader_json_streams_and_typed_lists(tmp_path: Path) -> None:
     f = tmp_path / "stream.json"
     f.write_text(json.dumps(typed, indent=1) + "\n" + json.dumps(cm) + "\n{broken")
     docs = list(manifests.read_documents([str(f)]))
-    assert [d.source.rsplit("/", 1)[-1] for d in docs] == ["stream.json:1:items[0]", "stream.json:2", "stream.json:3"]
+    assert [d.source.rsplit("/", 1)[-1] for d in docs] == [
+        "stream.json#doc 1 items[0]",
+        "stream.json#doc 2",
+        "stream.json#doc 3",
+    ]
     assert docs[0].obj["kind"] == "Pod" and docs[0].obj["apiVersion"] == "v1"
     assert docs[2].error.startswith("not valid JSON")
 
@@ -93,8 +97,8 @@ def test_reader_yaml_flow_mapping_is_not_mistaken_for_json(tmp_path: Path) -> No
 
 
 def test_reader_directories_recursive_only_with_R(tmp_path: Path) -> None:
-    flat = {Path(d.source.split(":")[0]).name for d in manifests.read_documents([str(MANIFESTS)])}
-    deep = {Path(d.source.split(":")[0]).name for d in manifests.read_documents([str(MANIFESTS)], recursive=True)}
+    flat = {Path(d.source.split("#")[0]).name for d in manifests.read_documents([str(MANIFESTS)])}
+    deep = {Path(d.source.split("#")[0]).name for d in manifests.read_documents([str(MANIFESTS)], recursive=True)}
     assert flat == {"mixed.yaml", "pdbs.yaml"}
     assert deep == flat | {"pinned-list.json"}
     (tmp_path / "sub").mkdir()
@@ -338,11 +342,11 @@ def test_table_output(capsys: pytest.CaptureFixture) -> None:
     code, out, err = run(capsys, "-f", str(EXAMPLES), "-f", str(MANIFESTS / "mixed.yaml"))
     lines = out.splitlines()
     assert lines[0].startswith("RESULT") and "\033[" not in out  # not a terminal: no colour
-    rows = [line for line in lines[1:] if re.match(r"^(pass|warn|deny) ", line)]
+    rows = [line for line in lines[1:] if re.match(r"^(pass|risk|warn|deny) ", line)]
     assert len(rows) == 16 + 2  # one line per resource
     assert sum(r.startswith("deny") for r in rows) == 0  # examples/denied/ is only read with -R
     assert "18 resources:" in out and "not audited: 1 of kinds spreadguard does not act on (ConfigMap 1)" in out
-    assert "mixed.yaml:2: not valid YAML" in err
+    assert "mixed.yaml#doc 2: not valid YAML" in err
     assert code == 2  # an input error outranks findings
 
 
@@ -379,7 +383,7 @@ def test_json_output_shape(capsys: pytest.CaptureFixture) -> None:
     for r in report["results"]:
         assert {"resource", "source", "allowed", "violations", "warnings", "patch", "blastRadius"} <= set(r)
         assert set(r["resource"]) == {"apiVersion", "kind", "namespace", "name"}
-        assert re.fullmatch(r".+\.yaml:\d+", r["source"])
+        assert re.fullmatch(r".+\.yaml#doc \d+", r["source"])
         for v in r["violations"]:
             assert set(v) == {"rule", "policy", "path", "message"}
         for op in r["patch"]:
@@ -493,7 +497,7 @@ def test_junit_output(capsys: pytest.CaptureFixture) -> None:
 def test_junit_reports_input_errors(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run(capsys, "-f", str(MANIFESTS / "mixed.yaml"), "-o", "junit")
     errors = [c for c in ET.fromstring(out).iter("testcase") if c.find("error") is not None]
-    assert [c.get("name").rsplit("/", 1)[-1] for c in errors] == ["mixed.yaml:2", "mixed.yaml:4:items[1]"]
+    assert [c.get("name").rsplit("/", 1)[-1] for c in errors] == ["mixed.yaml#doc 2", "mixed.yaml#doc 4 items[1]"]
     assert code == 2
 
 
@@ -550,7 +554,7 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
     code, report, _ = run_json(capsys, "-f", "-")
     assert code == 1
-    assert [r["source"] for r in report["results"]] == ["-:1", "-:2", "-:3", "-:4"]
+    assert [r["source"] for r in report["results"]] == ["stdin#doc 1", "stdin#doc 2", "stdin#doc 3", "stdin#doc 4"]
     assert report["summary"]["denied"] == 4
 
 

@@ -213,7 +213,7 @@ def test_scan_of_one_namespace(double: Double, capsys: pytest.CaptureFixture) ->
     assert skipped["owned by an audited workload"] == 1 + 5 + 4  # the ReplicaSet, its pods, the job's pods
     assert skipped["per-node pod (DaemonSet or static)"] == 1
     # the 403 is named (verb, resource, namespace), the rest is still audited, and the exit code says so
-    assert "spreadguard: cluster: forbidden: cannot list tfjobs.kubeflow.org in namespace ml" in err
+    assert "spreadguard: error: cluster: forbidden: cannot list tfjobs.kubeflow.org in namespace ml" in err
     assert report["errors"] == [
         {"source": "cluster", "message": "forbidden: cannot list tfjobs.kubeflow.org in namespace ml"}
     ]

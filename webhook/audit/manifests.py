@@ -5,6 +5,7 @@ One bad document never hides the ones after it; every object comes out as a ``Do
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -17,11 +18,15 @@ import yaml
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Document:
     """One object read from input (``obj``), or why a document could not be read (``error``)."""
 
-    source: str  # "path:doc", "path:doc:items[i]" for List items, "-" is stdin
+    source: str  # "path#doc N" (documents count from 1), "path#doc N items[i]" for List items; stdin is "stdin"
     obj: dict[str, Any] | None = None
     error: str | None = None
 
@@ -60,11 +65,24 @@ def _yaml_chunks(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
         yield start, "".join(buf)
 
 
-def _yaml_error(exc: yaml.YAMLError, start: int) -> str:
+def _yaml_error(exc: yaml.YAMLError, start: int, chunk: str) -> str:
+    """What is wrong, at which line of the file, and the lines around it with a caret (kept as lines)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not a text file (control character {exc.character!r} at offset {exc.position} of the document)"
     mark = getattr(exc, "problem_mark", None)
-    where = f" (line {start + mark.line}, column {mark.column + 1})" if mark else ""
-    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"not valid YAML: {what}{where}"
+    what = (
+        "; ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+        or str(exc).splitlines()[0]
+    )
+    if mark is None:
+        return f"not valid YAML: {what}"
+    lines = chunk.splitlines()
+    excerpt = []
+    for i in range(max(mark.line - 2, 0), min(mark.line, len(lines) - 1) + 1):
+        excerpt.append(f"  {start + i:>5} | {lines[i][:160]}")
+    if mark.line < len(lines):
+        excerpt.append(f"  {'':>5} | {' ' * min(mark.column, 160)}^")
+    return f"not valid YAML at line {start + mark.line}, column {mark.column + 1}: {what}\n" + "\n".join(excerpt)
 
 
 def _expand(doc: Any, source: str) -> Iterator[Document]:
@@ -78,7 +96,7 @@ def _expand(doc: Any, source: str) -> Iterator[Document]:
         for i, item in enumerate(doc["items"]):
             if isinstance(item, dict) and item_kind and "kind" not in item:
                 item = {"apiVersion": doc.get("apiVersion"), "kind": item_kind, **item}  # typed lists omit them
-            yield from _expand(item, f"{source}:items[{i}]")
+            yield from _expand(item, f"{source} items[{i}]")
         return
     if not isinstance(doc.get("apiVersion"), str) or not isinstance(kind, str):
         yield Document(source, error="not a Kubernetes object: apiVersion and kind are required")
@@ -109,12 +127,12 @@ def parse_stream(lines: Iterable[str], name: str) -> Iterator[Document]:
             doc = yaml.load(chunk, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             doc_no += 1
-            yield Document(f"{name}:{doc_no}", error=_yaml_error(exc, start))
+            yield Document(f"{name}#doc {doc_no}", error=_yaml_error(exc, start, chunk))
             continue
         if doc is None:
             continue
         doc_no += 1
-        yield from _expand(doc, f"{name}:{doc_no}")
+        yield from _expand(doc, f"{name}#doc {doc_no}")
 
 
 def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
@@ -137,13 +155,13 @@ def _json_stream(text: str, name: str) -> Generator[Document, None, bool]:
             if doc_no == 0:
                 return False
             yield Document(
-                f"{name}:{doc_no + 1}",
+                f"{name}#doc {doc_no + 1}",
                 error=f"not valid JSON: {exc.msg} (line {exc.lineno}, column "
                 f"{exc.colno}); the rest of the file is not read",
             )
             return True
         doc_no += 1
-        yield from _expand(doc, f"{name}:{doc_no}")
+        yield from _expand(doc, f"{name}#doc {doc_no}")
 
 
 def _files(path: Path, recursive: bool) -> list[Path]:
@@ -151,11 +169,23 @@ def _files(path: Path, recursive: bool) -> list[Path]:
     return sorted(f for f in found if f.suffix in SUFFIXES and f.is_file())
 
 
+STDIN = "stdin"  # how ``-f -`` is named in every message
+
+
 def read_documents(paths: Sequence[str], recursive: bool = False, stdin: TextIO | None = None) -> Iterator[Document]:
-    """Objects from files, directories (``recursive``: their subdirectories too) and ``-`` (stdin)."""
+    """Objects from files, directories (``recursive``: their subdirectories too) and ``-`` (stdin).
+
+    An argument that holds no document at all (an empty file, empty stdin) is an error, as in kubectl.
+    """
     for arg in paths:
+        seen = 0
         if arg == "-":
-            yield from parse_stream(stdin if stdin is not None else sys.stdin, "-")
+            stream = stdin if stdin is not None else _stdin()
+            for doc in _decoded(parse_stream(stream, STDIN), STDIN):
+                seen += 1
+                yield doc
+            if not seen:
+                yield Document(STDIN, error="no objects: the input is empty")
             continue
         path = Path(arg)
         if path.is_dir():
@@ -163,17 +193,42 @@ def read_documents(paths: Sequence[str], recursive: bool = False, stdin: TextIO 
             if not files:
                 hint = "" if recursive else " (use -R to read subdirectories)"
                 yield Document(arg, error=f"no {', '.join('*' + s for s in SUFFIXES)} files in the directory{hint}")
+                continue
             for f in files:
-                yield from _read_file(f)
+                for doc in _read_file(f):
+                    seen += 1
+                    yield doc
+            if not seen:
+                count = _n(len(files), "file")
+                yield Document(arg, error=f"no objects: every file in the directory is empty ({count})")
         elif path.exists():
-            yield from _read_file(path)
+            for doc in _read_file(path):
+                seen += 1
+                yield doc
+            if not seen:
+                yield Document(arg, error="no objects: the file is empty")
         else:
             yield Document(arg, error="no such file or directory")
+
+
+def _stdin() -> TextIO:
+    """Standard input read as UTF-8 whatever the locale says (manifests are UTF-8)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return io.TextIOWrapper(buffer, encoding="utf-8") if buffer is not None else sys.stdin
+
+
+def _decoded(docs: Iterator[Document], name: str) -> Iterator[Document]:
+    """``docs``, ending with an error (not an exception) when the input turns out not to be UTF-8 text."""
+    try:
+        yield from docs
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        yield Document(name, error=f"not a text file (byte 0x{byte} is not UTF-8): spreadguard reads YAML or JSON")
 
 
 def _read_file(path: Path) -> Iterator[Document]:
     try:
         with path.open(encoding="utf-8") as fh:
-            yield from parse_stream(fh, str(path))
-    except (OSError, UnicodeDecodeError) as exc:
-        yield Document(str(path), error=f"cannot read: {exc}")
+            yield from _decoded(parse_stream(fh, str(path)), str(path))
+    except OSError as exc:
+        yield Document(str(path), error=f"cannot read: {exc.strerror or exc}")

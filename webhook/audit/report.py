@@ -8,12 +8,11 @@ from collections import Counter
 from typing import Any, TextIO
 from xml.etree import ElementTree as ET
 
-import yaml
-
 from webhook.audit.blast import worst
 from webhook.audit.pdb import AUDIT_POLICY
 from webhook.audit.placement import PlacementReport
 from webhook.audit.results import InputError, Result
+from webhook.engine import yamlio
 
 DEFAULT_TOP = 10  # failure domains listed in the table (all of them in JSON)
 
@@ -48,7 +47,7 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-_COLORS = {"deny": "31", "warn": "33", "pass": "32", "+": "32", "-": "31", "@": "36"}
+_COLORS = {"deny": "31", "warn": "33", "risk": "33", "pass": "32", "+": "32", "-": "31", "@": "36"}
 
 
 class TableWriter(Writer):
@@ -78,6 +77,8 @@ class TableWriter(Writer):
         w = worst(r.blast)
         if w is not None:
             details.append(w.node_text())
+        if r.info:
+            details.append(_n(len(r.info), "note") + " (-v)" if not self.verbose else _n(len(r.info), "note"))
         if not r.policies and not rules and r.resource.kind != "PodDisruptionBudget":
             details.append("no policy matched")
         source = "" if r.source == "cluster" else f"  ({r.source})"
@@ -88,6 +89,8 @@ class TableWriter(Writer):
                 self.out.write(f"         deny   {v.text()}\n")
             for line in r.warnings:
                 self.out.write(f"         warn   {line}\n")
+            for line in r.info:
+                self.out.write(f"         note   {line}\n")
             for line in r.notes:
                 self.out.write(f"         add    {line}\n")
             for b in r.blast:
@@ -102,8 +105,9 @@ class TableWriter(Writer):
             self._placement(self.actual)
         s = summary
         self.out.write(
-            f"\n{_n(s['resources'], 'resource')}: {s['allowed'] - s['warned']} pass, {s['warned']} warn, "
-            f"{s['denied']} deny; {_n(s['violations'], 'violation')}, {_n(s['warnings'], 'warning')}; "
+            f"\n{_n(s['resources'], 'resource')}: {s['allowed'] - s['warned'] - s['atRisk']} pass, "
+            f"{s['atRisk']} risk, {s['warned']} warn, {s['denied']} deny; {_n(s['violations'], 'violation')}, "
+            f"{_n(s['warnings'], 'warning')}, {_n(s['info'], 'note')}; "
             f"{_n(s['patchOperations'], 'patch operation')} on {_n(s['patched'], 'resource')}\n"
         )
         if s["byRule"]:
@@ -322,8 +326,7 @@ class PolicyReportWriter(Writer):
         ]
         if cluster:
             reports.append(self._report("ClusterPolicyReport", None, cluster))
-        dump = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-        self.out.write(yaml.dump_all(reports, Dumper=dump, sort_keys=False, explicit_start=True) if reports else "")
+        self.out.write(yamlio.dump_all(reports) if reports else "")
 
 
 class JunitWriter(Writer):
@@ -348,7 +351,7 @@ class JunitWriter(Writer):
         for rule, text in failing:
             ET.SubElement(case, "failure", type=rule, message=text[:200]).text = text
         self._failures += bool(failing)
-        out = [f"warning: {w}" for w in r.warnings] + [f"adds: {n}" for n in r.notes]
+        out = [f"warning: {w}" for w in r.warnings] + [f"note: {i}" for i in r.info] + [f"adds: {n}" for n in r.notes]
         out += [f"blast radius: {b.text()}" for b in r.blast]
         if out:
             ET.SubElement(case, "system-out").text = "\n".join(out)

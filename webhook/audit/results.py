@@ -7,10 +7,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from webhook.audit.blast import Blast
+from webhook.engine import workloads, yamlio
 from webhook.engine.decide import Violation
+
+# kind names that more than one API group uses (Volcano's Job beside batch/v1 Job): shown with their group
+_SHARED_KIND_NAMES = {name for name, n in Counter(kind for _, kind in workloads.KINDS).items() if n > 1}
+_BUILTIN_GROUPS = ("", "apps", "batch", "policy")
+
+
+def kind_label(api_version: str, kind: str) -> str:
+    """``Job`` for batch/v1, ``Job.batch.volcano.sh`` for Volcano: a kind name alone must not be ambiguous."""
+    group = api_version.split("/", 1)[0] if "/" in api_version else ""
+    return f"{kind}.{group}" if kind in _SHARED_KIND_NAMES and group not in _BUILTIN_GROUPS else kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +31,9 @@ class Ref:
     uid: str = ""
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+        """``Kind namespace/name``, ``Kind name`` without a namespace (the same in evaluate and audit)."""
+        kind = kind_label(self.api_version, self.kind)
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
 
     def to_json(self) -> dict[str, str]:
         return {"apiVersion": self.api_version, "kind": self.kind, "namespace": self.namespace, "name": self.name}
@@ -49,7 +60,8 @@ class Result:
     violations: list[Violation] = field(default_factory=list)  # would deny
     advisories: list[Violation] = field(default_factory=list)  # findings that would only warn
     warnings: list[str] = field(default_factory=list)  # one line per advisory (and dryrun addition)
-    notes: list[str] = field(default_factory=list)  # what the patch adds, how the kind is handled
+    notes: list[str] = field(default_factory=list)  # what the patch adds (and exemptions granted)
+    info: list[str] = field(default_factory=list)  # how the kind is handled when it is special (TrainJob)
     patch: list[dict[str, Any]] = field(default_factory=list)
     blast: list[Blast] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
@@ -57,12 +69,21 @@ class Result:
 
     @property
     def status(self) -> str:
-        return "deny" if not self.allowed else "warn" if self.warnings else "pass"
+        """deny, warn, risk (admitted without findings, but one node failure can take a whole group of
+        several replicas: say so rather than "pass" beside "can lose 100%"), or pass."""
+        if not self.allowed:
+            return "deny"
+        if self.warnings:
+            return "warn"
+        if any(b.replicas > 1 and b.node_share >= 1 for b in self.blast):
+            return "risk"
+        return "pass"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "resource": self.resource.to_json(),
             "source": self.source,
+            "status": self.status,
             "allowed": self.allowed,
             "violations": [_violation_json(v) for v in self.violations],
             "warnings": list(self.warnings),
@@ -71,6 +92,7 @@ class Result:
             "blastRadius": [b.to_json() for b in self.blast],
             "policies": list(self.policies),
             "notes": list(self.notes),
+            "info": list(self.info),
         }
         if self.diff is not None:
             out["diff"] = self.diff
@@ -94,9 +116,8 @@ def unified_diff(before: dict[str, Any], after: dict[str, Any], label: str) -> s
     """The object before and after mutation as YAML, unified diff ('' when nothing changes)."""
     if before == after:
         return ""
-    dump = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    a = yaml.dump(before, Dumper=dump, sort_keys=False).splitlines(keepends=True)
-    b = yaml.dump(after, Dumper=dump, sort_keys=False).splitlines(keepends=True)
+    a = yamlio.dump(before).splitlines(keepends=True)
+    b = yamlio.dump(after).splitlines(keepends=True)
     return "".join(difflib.unified_diff(a, b, f"{label} (as written)", f"{label} (after spreadguard)"))
 
 
@@ -106,6 +127,8 @@ class Totals:
     allowed: int = 0
     denied: int = 0
     warned: int = 0  # allowed, with warnings
+    at_risk: int = 0  # allowed without findings, but a group of several replicas can be lost with one node
+    info: int = 0  # notes on how a kind is handled (TrainJob)
     violations: int = 0
     warnings: int = 0
     patched: int = 0
@@ -117,6 +140,8 @@ class Totals:
         self.allowed += r.allowed
         self.denied += not r.allowed
         self.warned += r.allowed and bool(r.warnings)
+        self.at_risk += r.status == "risk"
+        self.info += len(r.info)
         self.violations += len(r.violations)
         self.warnings += len(r.warnings)
         self.patched += bool(r.patch)

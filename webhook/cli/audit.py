@@ -18,6 +18,9 @@ forbid every eviction. With --cluster, also the actual placement: per group, fro
 what one node or zone failure takes (gangs: nodes, zones and expected restarts), pending pods, drift,
 and what each node's and zone's failure would cost.
 
+table RESULT: pass; risk (admitted without findings, but one node failure can take every replica of a
+group of several); warn (admitted with warnings); deny. Sources: FILE#doc N is the N-th document.
+
 exit codes: 0 clean; 1 findings per --fail-on (default: violations); 2 usage error, or some input could
 not be read, parsed or listed (the rest is still audited and reported)."""
 
@@ -172,7 +175,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     notes: list[str] = []
 
     def error(e: InputError) -> None:
-        print(f"spreadguard: {e.text()}", file=sys.stderr)
+        print(f"spreadguard: error: {e.text()}", file=sys.stderr)
         writer.error(e)
 
     if args.filename:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -23,17 +22,6 @@ def load_policies_or_exit(directory: str) -> list[Any] | None:
         return None
 
 
-def read_manifests(path: str) -> list[dict[str, Any]]:
-    import yaml
-
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    out: list[dict[str, Any]] = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-            out.extend(i for i in doc["items"] if isinstance(i, dict))
-        elif isinstance(doc, dict):
-            out.append(doc)
-        else:
-            raise ValueError(f"{path}: a document is a {type(doc).__name__}, not a Kubernetes object")
-    return out
+def input_error(source: str, message: str) -> None:
+    """One input problem on stderr: ``spreadguard: error: FILE#doc N: what`` (an excerpt may follow)."""
+    print(f"spreadguard: error: {source}: {message}", file=sys.stderr)

@@ -3,14 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
+import sys
 from typing import Any
 
 from webhook.cli.common import formatter
 
 
+def bind_problem(bind: str) -> str | None:
+    """Why ``bind`` cannot be listened on right now (in use, not ours, privileged), or None.
+
+    Checked before gunicorn starts: gunicorn retries a busy address for seconds and then reports
+    "Can't connect to (...)", which does not say that another server (a second ``make serve``) has it.
+    """
+    from webhook.server.serve import parse_bind
+
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"--bind {bind}: cannot resolve {host!r}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does: TIME_WAIT is no conflict
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use (another `spreadguard serve` or `make serve`?): "
+                    f"stop it, or choose another address with --bind {host}:PORT"
+                )
+            if exc.errno == errno.EACCES:
+                return f"--bind {bind}: permission denied (ports below 1024 need privileges; use e.g. {host}:8443)"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"--bind {bind}: {host} is not an address of this machine"
+            return f"--bind {bind}: {exc.strerror or exc}"
+    return None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from webhook.server import serve
 
+    problem = bind_problem(args.bind)
+    if problem:
+        print(f"spreadguard serve: {problem}", file=sys.stderr)
+        return 2
     return serve.run(
         policies=args.policies,
         tls_cert=args.tls_cert,
@@ -68,4 +110,4 @@ def register(sub: Any) -> None:
     )
     serve_p.add_argument("--kubeconfig", help="kubeconfig for the cluster cache")
     serve_p.add_argument("--context", dest="kube_context", help="kubeconfig context for the cluster cache")
-    serve_p.set_defaults(func=_cmd_serve)
+    serve_p.set_defaults(func=_cmd_serve, _parser=serve_p)

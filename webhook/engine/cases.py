@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from webhook.engine import yamlio
 from webhook.engine.decide import Decision, evaluate
 from webhook.engine.placement import ClusterView, classify, node_from_api
 from webhook.engine.policy import Policy
@@ -127,9 +128,15 @@ def case_context(case: dict[str, Any], obj: dict[str, Any], base: Path) -> Conte
 
 
 def load_resource(spec: Any, base: Path) -> dict[str, Any]:
+    """A case's ``resource:`` (or ``oldObject:``): the object itself, or a path relative to ``base``, the
+    case file's directory, then to each directory above it (``examples/x.yaml`` from ``policies/tests/``).
+
+    ``base`` is made absolute first, so the answer never depends on the directory the command runs in.
+    """
     if isinstance(spec, dict):
         return spec
     if isinstance(spec, str):
+        base = base.resolve()
         for root in (base, *base.parents):
             candidate = root / spec
             if candidate.is_file():
@@ -137,7 +144,7 @@ def load_resource(spec: Any, base: Path) -> dict[str, Any]:
                 if not isinstance(loaded, dict):
                     raise ValueError(f"resource file {candidate}: not a mapping")
                 return loaded
-        raise FileNotFoundError(f"resource file {spec!r} not found from {base}")
+        raise FileNotFoundError(f"resource file {spec!r} not found in {base} or a directory above it")
     raise ValueError("resource must be a path or a mapping")
 
 
@@ -183,8 +190,8 @@ def _run_case(case: dict[str, Any], policies: list[Policy], base: Path, file: st
         problems.append(f"patch: expected empty, got {json.dumps(decision.patch)}")
     diff = ""
     if problems and decision.patch:
-        before = yaml.safe_dump(obj, sort_keys=True).splitlines()
-        after = yaml.safe_dump(mutated, sort_keys=True).splitlines()
+        before = yamlio.dump(obj, sort_keys=True).splitlines()
+        after = yamlio.dump(mutated, sort_keys=True).splitlines()
         diff = "\n".join(difflib.unified_diff(before, after, "before", "after", lineterm="", n=2))
     return CaseResult(file, name, not problems, problems, diff, decision)
 

@@ -325,6 +325,7 @@ def load_policies(directory: str | Path) -> list[Policy]:
         raise PolicyError([f"{root}: not a directory"])
     policies: list[Policy] = []
     problems: list[str] = []
+    where: dict[str, list[str]] = {}  # policy name -> the files that define it
     files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     for path in files:
         try:
@@ -335,10 +336,15 @@ def load_policies(directory: str | Path) -> list[Policy]:
         found, errs = parse_policy_text(text, str(path))
         policies.extend(found)
         problems.extend(errs)
-    seen: dict[str, int] = {}
-    for p in policies:
-        seen[p.name] = seen.get(p.name, 0) + 1
-    problems.extend(f"{root}: policy name {n!r} is used {c} times" for n, c in seen.items() if c > 1)
+        for p in found:
+            where.setdefault(p.name, []).append(str(path))
+    for name, defined_in in where.items():
+        if len(defined_in) > 1:  # name every file that defines it: the user has to pick one
+            listed = ", ".join(
+                f"{f} ({defined_in.count(f)} times)" if defined_in.count(f) > 1 else f
+                for f in dict.fromkeys(defined_in)
+            )
+            problems.append(f"{defined_in[0]}: policy name {name!r} is used {len(defined_in)} times, in {listed}")
     if not problems and not policies:
         problems.append(f"{root}: no policy files (*.yaml) found")
     if problems:

@@ -27,7 +27,7 @@ def check(t: Target) -> list[Finding]:
                 "may use every team's nodes"
             )
         elif op == "Equal" and (tol.get("value") or "") != (t.team or ""):
-            what = f"team {tol.get('value')!r}'s taint"
+            what = f"the taint of team {tol.get('value')!r}"
             fix = f"remove it; spreadguard adds the toleration for your own team ({key}=<your team>)"
         else:
             continue
