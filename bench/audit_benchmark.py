@@ -12,7 +12,7 @@ Deployment in 1,000 (blocking every eviction).
 Runs, each in a fresh child process that reports wall and CPU time and its peak RSS (``ru_maxrss``):
 
 1. ``file``: the objects written as one multi-document YAML file, then exactly what
-   ``spreadguard audit -f FILE -o json`` does: read and parse (``audit.read_documents``), audit
+   ``spreadguard audit -f FILE -o json`` does: read and parse (``manifests.read_documents``), audit
    (``audit.Auditor``: the engine with enforce semantics, blast radius, PDB check), JSON report to
    /dev/null. PDBs may come after what they select, so every audited group is indexed (~0.5 KB each).
 2. ``cluster``: the same objects as dicts, PDBs first, as ``spreadguard audit --cluster`` receives them
@@ -160,6 +160,7 @@ def _rss_mib() -> float:
 def child(mode: str, source: str, path: str, n: int) -> dict:
     """One measured run in this (fresh) process."""
     from webhook.audit import auditor as audit
+    from webhook.audit import manifests, report
     from webhook.engine.policy import load_policies
 
     policies = load_policies(REPO / "policies")
@@ -169,9 +170,9 @@ def child(mode: str, source: str, path: str, n: int) -> dict:
         return {"rssMiB": base}
     t0, c0 = time.perf_counter(), time.process_time()
     with open(os.devnull, "w") as devnull:
-        writer = audit.JsonWriter(devnull)
+        writer = report.JsonWriter(devnull)
         if source == "file":
-            stream = ((d.obj, d.source) for d in audit.read_documents([path]) if d.obj is not None)
+            stream = ((d.obj, d.source) for d in manifests.read_documents([path]) if d.obj is not None)
         else:
             stream = ((obj, "cluster") for obj in generate(n, pdbs_first=True))
         for obj, src in stream:

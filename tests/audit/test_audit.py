@@ -19,6 +19,7 @@ import yaml
 from conftest import REPO, spreadguard, subprocess_env
 
 from webhook.audit import auditor as audit
+from webhook.audit import blast, manifests, pdb, results
 from webhook.cli import main
 from webhook.engine.decide import evaluate
 from webhook.engine.policy import load_policies
@@ -59,7 +60,7 @@ def load(path: Path) -> dict:
 
 
 def test_reader_numbers_documents_and_keeps_going_after_a_bad_one() -> None:
-    docs = list(audit.read_documents([str(MANIFESTS / "mixed.yaml")]))
+    docs = list(manifests.read_documents([str(MANIFESTS / "mixed.yaml")]))
     name = str(MANIFESTS / "mixed.yaml")
     assert [(d.source, d.obj is not None) for d in docs] == [
         (f"{name}#doc 1", True),  # FILE#doc N: a document number (FILE:N is a line everywhere)
@@ -79,7 +80,7 @@ def test_reader_json_streams_and_typed_lists(tmp_path: Path) -> None:
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
     f = tmp_path / "stream.json"
     f.write_text(json.dumps(typed, indent=1) + "\n" + json.dumps(cm) + "\n{broken")
-    docs = list(audit.read_documents([str(f)]))
+    docs = list(manifests.read_documents([str(f)]))
     assert [d.source.rsplit("/", 1)[-1] for d in docs] == [
         "stream.json#doc 1 items[0]",
         "stream.json#doc 2",
@@ -92,19 +93,19 @@ def test_reader_json_streams_and_typed_lists(tmp_path: Path) -> None:
 def test_reader_yaml_flow_mapping_is_not_mistaken_for_json(tmp_path: Path) -> None:
     f = tmp_path / "flow.yaml"
     f.write_text("{apiVersion: v1, kind: ConfigMap, metadata: {name: x}}\n---\n{apiVersion: v1, kind: Pod}\n")
-    assert [d.obj["kind"] for d in audit.read_documents([str(f)])] == ["ConfigMap", "Pod"]
+    assert [d.obj["kind"] for d in manifests.read_documents([str(f)])] == ["ConfigMap", "Pod"]
 
 
 def test_reader_directories_recursive_only_with_R(tmp_path: Path) -> None:
-    flat = {Path(d.source.split("#")[0]).name for d in audit.read_documents([str(MANIFESTS)])}
-    deep = {Path(d.source.split("#")[0]).name for d in audit.read_documents([str(MANIFESTS)], recursive=True)}
+    flat = {Path(d.source.split("#")[0]).name for d in manifests.read_documents([str(MANIFESTS)])}
+    deep = {Path(d.source.split("#")[0]).name for d in manifests.read_documents([str(MANIFESTS)], recursive=True)}
     assert flat == {"mixed.yaml", "pdbs.yaml"}
     assert deep == flat | {"pinned-list.json"}
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
-    [empty] = audit.read_documents([str(tmp_path)])
+    [empty] = manifests.read_documents([str(tmp_path)])
     assert "use -R" in empty.error
-    [missing] = audit.read_documents([str(tmp_path / "nope.yaml")])
+    [missing] = manifests.read_documents([str(tmp_path / "nope.yaml")])
     assert missing.error == "no such file or directory"
 
 
@@ -173,7 +174,7 @@ def test_namespace_team_label_feeds_the_engine(policies: list) -> None:
 # ---------------------------------------------------------------------------- blast radius
 
 
-def blast_of(policies: list, path: Path, zones: int = 3) -> dict[str, audit.Blast]:
+def blast_of(policies: list, path: Path, zones: int = 3) -> dict[str, blast.Blast]:
     result = audit.Auditor(policies, zones=zones).audit(load(path), "x")
     return {b.group: b for b in result.blast}
 
@@ -239,19 +240,19 @@ def test_blast_radius_topology_spread_bounds() -> None:
         "whenUnsatisfiable": "DoNotSchedule",
         "labelSelector": sel,
     }
-    [b] = audit.blast_radius(_deployment(8, {"topologySpreadConstraints": [zone, host]}), zones=3)
+    [b] = blast.blast_radius(_deployment(8, {"topologySpreadConstraints": [zone, host]}), zones=3)
     assert (b.per_node, b.per_zone) == (2, 3)  # 8 over 3 zones with skew 1: 3/3/2
     assert b.text() == (
         "pods: 8 replicas, at most 2 per node: one node failure loses 25%; "
         "at most 3 per zone: one zone failure loses 37.5%"
     )
-    [b] = audit.blast_radius(_deployment(8, {"topologySpreadConstraints": [{**zone, "minDomains": 5}]}), zones=3)
+    [b] = blast.blast_radius(_deployment(8, {"topologySpreadConstraints": [{**zone, "minDomains": 5}]}), zones=3)
     assert b.per_zone == 1  # fewer zones than minDomains: the global minimum counts as 0
-    [b] = audit.blast_radius(
+    [b] = blast.blast_radius(
         _deployment(8, {"topologySpreadConstraints": [{**zone, "whenUnsatisfiable": "ScheduleAnyway"}]})
     )
     assert (b.per_node, b.per_zone) == (None, None)
-    [b] = audit.blast_radius(_deployment(6, {"nodeSelector": {"topology.kubernetes.io/zone": "eu-1a"}}))
+    [b] = blast.blast_radius(_deployment(6, {"nodeSelector": {"topology.kubernetes.io/zone": "eu-1a"}}))
     assert b.per_zone == 6 and b.zone_text() == "all in one zone (pinned to zone eu-1a)"
     anti = {
         "podAntiAffinity": {
@@ -260,7 +261,7 @@ def test_blast_radius_topology_spread_bounds() -> None:
             ]
         }
     }
-    [b] = audit.blast_radius(_deployment(3, {"affinity": anti}))
+    [b] = blast.blast_radius(_deployment(3, {"affinity": anti}))
     assert (b.per_node, b.per_zone) == (1, 1)
 
 
@@ -283,15 +284,15 @@ def test_pdbs_that_forbid_every_eviction(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_pdb_selector_semantics() -> None:
-    pods = [audit._Pods({"app": "a"}, 2, audit.Ref("apps/v1", "Deployment", "x", "a"), "pods")]
+    pods = [pdb.GroupPods({"app": "a"}, 2, results.Ref("apps/v1", "Deployment", "x", "a"), "pods")]
     everything = {"spec": {"minAvailable": 2, "selector": {}}}
     nothing = {"spec": {"minAvailable": 2}}
-    assert audit._pdb_selects(everything, {"app": "b"}) and not audit._pdb_selects(nothing, {"app": "a"})
-    assert audit.pdb_findings(everything, pods)[0].path == "spec.minAvailable"
-    assert audit.pdb_findings({"spec": {"minAvailable": "100%"}}, []) != []
-    assert audit.pdb_findings({"spec": {"maxUnavailable": "0%"}}, []) != []
-    assert audit.pdb_findings({"spec": {"maxUnavailable": "10%"}}, pods) == []
-    assert audit.pdb_findings({"spec": {"minAvailable": 1}}, []) == []  # selects no audited workload: unknown
+    assert pdb.selects(everything, {"app": "b"}) and not pdb.selects(nothing, {"app": "a"})
+    assert pdb.pdb_findings(everything, pods)[0].path == "spec.minAvailable"
+    assert pdb.pdb_findings({"spec": {"minAvailable": "100%"}}, []) != []
+    assert pdb.pdb_findings({"spec": {"maxUnavailable": "0%"}}, []) != []
+    assert pdb.pdb_findings({"spec": {"maxUnavailable": "10%"}}, pods) == []
+    assert pdb.pdb_findings({"spec": {"minAvailable": 1}}, []) == []  # selects no audited workload: unknown
 
 
 # -------------------------------------------------------------------------- what is skipped

@@ -1,34 +1,29 @@
 """``spreadguard audit --cluster`` against a test double of the Kubernetes API.
 
-There is no kube-apiserver on this machine (nor kind/k3s), so these tests run a real HTTPS server on
-127.0.0.1 (``http.server`` in a thread, certificates made with ``spreadguard certs``) that answers like
-one: ``/api`` and ``/apis`` discovery, per-group resource lists, ``list`` endpoints with ``limit`` /
-``continue`` paging, bearer-token authentication, a 403 for one resource, and a CRD group that
-``/apis`` lists but whose discovery answers 404 (a CRD that is gone). A generated kubeconfig points
-the real ``kubernetes`` client at it, so the real configuration loading, TLS, auth headers, request
-building and error paths run; only the server side is simulated.
+There is no kube-apiserver on this machine (nor kind/k3s), so these tests run the shared fake API server
+(tests/fakeapi.py, a test double): a real HTTPS server on 127.0.0.1 that answers like one: ``/api`` and
+``/apis`` discovery, per-group resource lists, ``list`` endpoints with ``limit`` / ``continue`` paging,
+bearer-token authentication, a 403 for one resource, and a CRD group that ``/apis`` lists but whose
+discovery answers 404 (a CRD that is gone). A generated kubeconfig points the real ``kubernetes`` client
+at it, so the real configuration loading, TLS, auth headers, request building and error paths run; only
+the server side is simulated.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import io
 import json
-import re
-import ssl
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlparse
 
+import fakeapi
 import jsonschema
 import pytest
 import yaml
 from conftest import REPO, TLSFiles, free_port
+from fakeapi import FakeKubeAPI
 
 from webhook.cli import main
 from webhook.cli.audit import _Progress
@@ -124,156 +119,24 @@ def cluster_objects() -> dict[tuple[str, str, str], list[dict]]:
 
 # ---------------------------------------------------------------------------- the API double
 
-
-@dataclass
-class FakeAPI:
-    """What the double serves and what it was asked."""
-
-    objects: dict[tuple[str, str, str], list[dict]] = field(default_factory=cluster_objects)
-    forbidden: set[str] = field(default_factory=lambda: {"tfjobs"})  # plurals this user may not list
-    hang_up: set[str] = field(default_factory=set)  # plurals whose list drops the connection (server gone)
-    requests: list[tuple[str, str, dict[str, list[str]]]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    GROUPS = {  # what /apis advertises
-        "apps": ["v1"],
-        "batch": ["v1"],
-        "policy": ["v1"],
-        "kubeflow.org": ["v1"],
-        "jobset.x-k8s.io": ["v1alpha2"],  # advertised, but its discovery answers 404 (CRD deleted)
-    }
-    RESOURCES = {"kubeflow.org/v1": ["pytorchjobs", "tfjobs"]}  # MPIJob, XGBoostJob: not installed
-
-    def list(self, gv: str, plural: str, namespace: str | None) -> list[dict]:
-        out: list[dict] = []
-        for (g, p, ns), items in sorted(self.objects.items()):
-            if g == gv and p == plural and (namespace is None or ns == namespace):
-                out.extend(items)
-        return out
-
-
-def _status(code: int, reason: str, message: str) -> dict:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-class Handler(BaseHTTPRequestHandler):
-    api: FakeAPI  # set on the subclass per server
-    protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        url = urlparse(self.path)
-        query = parse_qs(url.query)
-        path = url.path.rstrip("/") or "/"  # the client asks for /api/ and /apis/, as kubectl may
-        with self.api.lock:
-            self.api.requests.append(("GET", path, query))
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self._send(401, _status(401, "Unauthorized", "Unauthorized"))
-        if path.rsplit("/", 1)[-1] in self.api.hang_up:
-            self.close_connection = True  # no answer at all
-            return None
-        self._send(*self.route(path, query))
-
-    def _refuse(self) -> None:
-        with self.api.lock:
-            self.api.requests.append((self.command, urlparse(self.path).path, {}))
-        self._send(405, _status(405, "MethodNotAllowed", "the audit must be read-only"))
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
-
-    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
-        api = self.api
-        if path == "/api":
-            return 200, {
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
-            }
-        if path == "/apis":
-            groups = [
-                {
-                    "name": g,
-                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
-                    "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]},
-                }
-                for g, vs in api.GROUPS.items()
-            ]
-            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
-        m = re.fullmatch(r"/apis/([^/]+)/([^/]+)", path)
-        if m:
-            gv = f"{m[1]}/{m[2]}"
-            if gv not in api.RESOURCES:
-                return 404, _status(404, "NotFound", "the server could not find the requested resource")
-            return 200, {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": gv,
-                "resources": [
-                    {"name": r, "singularName": r[:-1], "namespaced": True, "kind": r, "verbs": ["get", "list"]}
-                    for r in api.RESOURCES[gv]
-                ],
-            }
-        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
-        if m:
-            found = [n for n in api.list("v1", "namespaces", None) if n["metadata"]["name"] == m[1]]
-            return (200, found[0]) if found else (404, _status(404, "NotFound", f'namespaces "{m[1]}" not found'))
-        m = re.fullmatch(r"/api/(v1)(?:/namespaces/([^/]+))?/([^/]+)", path) or re.fullmatch(
-            r"/apis/([^/]+/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)", path
-        )
-        if not m:
-            return 404, _status(404, "NotFound", "the server could not find the requested resource")
-        gv, namespace, plural = m[1], m[2], m[3]
-        if plural in api.forbidden:
-            where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
-            return 403, _status(
-                403,
-                "Forbidden",
-                f'{plural} is forbidden: User "audit" cannot list resource '
-                f'"{plural}" in API group "{gv.split("/")[0]}" {where}',
-            )
-        items = api.list(gv, plural, namespace)
-        limit = int(query.get("limit", ["0"])[0]) or len(items) or 1
-        token = query.get("continue", [""])[0]
-        start = int(base64.b64decode(token).decode()) if token else 0
-        page = copy.deepcopy(items[start : start + limit])
-        for item in page:  # list items carry no kind/apiVersion, as a real API server sends them
-            item.pop("kind", None)
-            item.pop("apiVersion", None)
-        more = start + limit < len(items)
-        meta = {
-            "resourceVersion": "100",
-            **({"continue": base64.b64encode(str(start + limit).encode()).decode()} if more else {}),
-        }
-        return 200, {"kind": f"{plural.capitalize()}List", "apiVersion": gv, "metadata": meta, "items": page}
+GROUPS = {  # what /apis advertises
+    "apps": ["v1"],
+    "batch": ["v1"],
+    "policy": ["v1"],
+    "kubeflow.org": ["v1"],
+    "jobset.x-k8s.io": ["v1alpha2"],  # advertised, but its discovery answers 404 (CRD deleted)
+}
+RESOURCES = {"kubeflow.org/v1": ["pytorchjobs", "tfjobs"]}  # MPIJob, XGBoostJob: not installed
 
 
 @dataclass
 class Double:
     url: str
-    api: FakeAPI
+    api: FakeKubeAPI
     kubeconfig: Path
 
-    def pages(self, path_suffix: str) -> list[dict[str, list[str]]]:
-        return [q for m, p, q in self.api.requests if p.endswith(path_suffix)]
+    def pages(self, path_suffix: str) -> list[dict[str, str]]:
+        return self.api.pages(path_suffix)
 
 
 def write_kubeconfig(path: Path, url: str, ca: Path, token: str = TOKEN) -> Path:
@@ -294,25 +157,21 @@ def write_kubeconfig(path: Path, url: str, ca: Path, token: str = TOKEN) -> Path
 
 
 @pytest.fixture()
-def double(tls_files: TLSFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Double]:
-    """The API double over TLS on a free port of 127.0.0.1, and a kubeconfig pointing at it."""
+def double(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Double]:
+    """The shared fake API server holding ``cluster_objects()``, and a kubeconfig pointing at it."""
     for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "NO_COLOR"):
         monkeypatch.delenv(var, raising=False)
-    api = FakeAPI()
-    handler = type("BoundHandler", (Handler,), {"api": api})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tls_files.cert, tls_files.key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"https://127.0.0.1:{server.server_address[1]}"
+    api = FakeKubeAPI(token=TOKEN)
+    api.groups, api.resources = dict(GROUPS), dict(RESOURCES)
+    api.forbidden = {("list", "tfjobs")}  # this user may not list TFJobs
+    for (_gv, plural, _ns), items in cluster_objects().items():
+        for obj in items:
+            api.put(plural, obj)
+    api.serve()
     try:
-        yield Double(url, api, write_kubeconfig(tmp_path / "kubeconfig", url, tls_files.ca))
+        yield Double(api.url, api, write_kubeconfig(tmp_path / "kubeconfig", api.url, fakeapi.tls().ca))
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        api.stop_serving()
 
 
 def audit_cluster(capsys: pytest.CaptureFixture, d: Double, *args: str) -> tuple[int, str, str]:
@@ -373,9 +232,9 @@ def test_pagination_and_read_only(double: Double, capsys: pytest.CaptureFixture)
     audit_cluster(capsys, double, "-o", "json", "--chunk-size", "2")
     pod_pages = double.pages("/api/v1/namespaces/ml/pods")
     assert len(pod_pages) == 6  # 11 pods, 2 per page
-    assert all(q["limit"] == ["2"] for q in pod_pages)
+    assert all(q["limit"] == "2" for q in pod_pages)
     assert "continue" not in pod_pages[0] and all("continue" in q for q in pod_pages[1:])
-    assert {m for m, _, _ in double.api.requests} == {"GET"}
+    assert {r.method for r in double.api.requests} == {"GET"}
     # discovery of the group whose CRD is gone answered 404 and was not listed
     assert not double.pages("/jobsets") and double.pages("/apis/jobset.x-k8s.io/v1alpha2")
 

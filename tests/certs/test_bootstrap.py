@@ -1,12 +1,12 @@
 """``spreadguard certs bootstrap`` against a test double of the Kubernetes API.
 
-There is no kube-apiserver here, so ``FakeAPIServer`` stands in for one: a real HTTPS server on 127.0.0.1 (in a
-thread) that implements what bootstrap uses, the way kube-apiserver does it: GET/POST/PUT/PATCH of Secrets with
-``resourceVersion`` conflicts (409) and ``AlreadyExists`` (409), and GET/PATCH (strategic merge by webhook name,
-JSON merge, JSON patch) of ``admissionregistration.k8s.io/v1`` Mutating/ValidatingWebhookConfigurations, with
-``Status`` bodies for errors and bearer-token authentication. bootstrap talks to it through the real
-``kubernetes`` client, configured by a generated kubeconfig. The webhook configurations it starts with are the
-ones ``kubectl kustomize manifests/`` renders (when kubectl is there).
+There is no kube-apiserver here, so the shared fake API server (tests/fakeapi.py, a test double) stands in for
+one: a real HTTPS server on 127.0.0.1 that implements what bootstrap uses, the way kube-apiserver does it:
+GET/POST/PUT/PATCH of Secrets with ``resourceVersion`` conflicts (409) and ``AlreadyExists`` (409), and GET/PATCH
+(strategic merge by webhook name, JSON merge, JSON patch) of ``admissionregistration.k8s.io/v1``
+Mutating/ValidatingWebhookConfigurations, with ``Status`` bodies for errors and bearer-token authentication.
+bootstrap talks to it through the real ``kubernetes`` client, configured by a generated kubeconfig. The webhook
+configurations it starts with are the ones ``kubectl kustomize manifests/`` renders (when kubectl is there).
 """
 
 from __future__ import annotations
@@ -15,22 +15,21 @@ import base64
 import copy
 import datetime as dt
 import functools
-import json
 import shutil
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
+import fakeapi
 import pytest
 import yaml
 from conftest import REPO, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from fakeapi import FakeKubeAPI
 
 from webhook.certs import bootstrap
 from webhook.certs import files as certs
@@ -39,202 +38,11 @@ from webhook.cli import main as cli_main
 
 NS, SERVICE, SECRET, HOOK = "spreadguard", "spreadguard", "spreadguard-tls", "spreadguard"
 TOKEN = "bootstrap-test-token"
-WRITES = ("POST", "PUT", "PATCH", "DELETE")
 ADMISSION = "/apis/admissionregistration.k8s.io/v1/"
 KINDS = {
     "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
     "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
 }
-
-
-# --- the test double ----------------------------------------------------------------------------------------------
-
-
-def status(code: int, reason: str, message: str, name: str = "", kind: str = "") -> dict:
-    """A ``metav1.Status`` as kube-apiserver sends it with an error."""
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "details": {"name": name, "kind": kind},
-        "code": code,
-    }
-
-
-def strategic_merge(target: Any, patch: Any, list_keys: dict[str, str]) -> Any:
-    """Strategic merge patch, enough for these objects: maps merge, ``null`` deletes, lists named in
-    ``list_keys`` merge by that key (``webhooks`` by ``name``), other lists are replaced."""
-    if not isinstance(patch, dict) or not isinstance(target, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif key in list_keys and isinstance(value, list) and isinstance(out.get(key), list):
-            merge_key = list_keys[key]
-            items = out[key]
-            for item in value:
-                match = next((i for i, old in enumerate(items) if old.get(merge_key) == item.get(merge_key)), None)
-                if match is None:
-                    items.append(copy.deepcopy(item))
-                else:
-                    items[match] = strategic_merge(items[match], item, list_keys)
-        else:
-            out[key] = strategic_merge(out.get(key), value, list_keys) if isinstance(value, dict) else value
-    return out
-
-
-class FakeAPIServer:
-    """The slice of kube-apiserver that bootstrap uses (see the module docstring). Thread-safe."""
-
-    def __init__(self, tls: certs.CertResult, key_path: Path):
-        self.lock = threading.Lock()
-        self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, namespace, name) -> object
-        self.requests: list[tuple[str, str]] = []
-        self.forbidden: set[tuple[str, str]] = set()  # (verb, resource)
-        self.before: dict[tuple[str, str], Callable[[FakeAPIServer], dict | None]] = {}  # one-shot hooks
-        self._rv = 100
-        port = free_port()
-        self.url = f"https://127.0.0.1:{port}"
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(tls.cert_path, key_path)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-    # -- state, for tests
-
-    def next_rv(self) -> str:
-        self._rv += 1
-        return str(self._rv)
-
-    def put(self, resource: str, obj: dict) -> dict:
-        """Store ``obj`` as if created (uid, resourceVersion); returns the stored copy."""
-        meta = obj.setdefault("metadata", {})
-        meta["resourceVersion"] = self.next_rv()
-        meta.setdefault("uid", f"uid-{meta['resourceVersion']}")
-        self.objects[(resource, meta.get("namespace", ""), meta["name"])] = copy.deepcopy(obj)
-        return obj
-
-    def get(self, resource: str, name: str, namespace: str = "") -> dict | None:
-        return copy.deepcopy(self.objects.get((resource, namespace, name)))
-
-    def writes(self) -> list[tuple[str, str]]:
-        return [r for r in self.requests if r[0] in WRITES]
-
-    # -- HTTP
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                path = self.path.split("?", 1)[0]
-                with api.lock:
-                    api.requests.append((self.command, path))
-                    if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                        self._send(401, status(401, "Unauthorized", "Unauthorized"))
-                        return
-                    code, answer = api.route(self.command, path, body, self.headers.get("Content-Type", ""))
-                self._send(code, answer)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
-
-        return Handler
-
-    def route(self, method: str, path: str, body: Any, content_type: str) -> tuple[int, dict]:
-        parts = path.strip("/").split("/")
-        if path.startswith("/api/v1/namespaces/") and len(parts) >= 5 and parts[4] == "secrets":
-            resource, namespace, name = "secrets", parts[3], parts[5] if len(parts) > 5 else None
-            group = ""
-        elif path.startswith(ADMISSION) and len(parts) == 5 and parts[3] in KINDS:
-            resource, namespace, name, group = parts[3], "", parts[4], "admissionregistration.k8s.io"
-        else:
-            return 404, status(404, "NotFound", f"the server could not find the requested resource ({path})")
-        verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
-        hook = self.before.pop((verb, resource), None)
-        if hook is not None:
-            forced = hook(self)
-            if forced is not None:
-                return forced["code"], forced
-        if (verb, resource) in self.forbidden:
-            user = "system:serviceaccount:spreadguard:spreadguard"
-            where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-            target = f'{resource} "{name}"' if name else resource
-            return 403, status(
-                403,
-                "Forbidden",
-                f'{target} is forbidden: User "{user}" cannot {verb} resource '
-                f'"{resource}" in API group "{group}"{where}',
-                name or "",
-                resource,
-            )
-        if verb == "create":
-            name = body["metadata"]["name"]
-            if (resource, namespace, name) in self.objects:
-                return 409, status(409, "AlreadyExists", f'{resource} "{name}" already exists', name, resource)
-            body["metadata"]["namespace"] = namespace
-            body["metadata"].pop("resourceVersion", None)
-            return 201, self.put(resource, body)
-        current = self.objects.get((resource, namespace, name))
-        if current is None:
-            return 404, status(404, "NotFound", f'{resource} "{name}" not found', name, resource)
-        if verb == "get":
-            return 200, copy.deepcopy(current)
-        if verb == "update":
-            sent = (body.get("metadata") or {}).get("resourceVersion")
-            if sent != current["metadata"]["resourceVersion"]:
-                return 409, status(
-                    409,
-                    "Conflict",
-                    f'Operation cannot be fulfilled on {resource} "{name}": the '
-                    "object has been modified; please apply your changes to the "
-                    "latest version and try again",
-                    name,
-                    resource,
-                )
-            body["metadata"]["uid"] = current["metadata"]["uid"]
-            return 200, self.put(resource, body)
-        if verb == "patch":
-            if content_type.startswith("application/json-patch+json"):
-                patched = jsonpatch.apply_patch(current, body)
-            elif content_type.startswith("application/strategic-merge-patch+json"):
-                patched = strategic_merge(current, body, {"webhooks": "name"})
-            else:
-                patched = strategic_merge(current, body, {})
-            sent = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
-            if sent is not None and sent != current["metadata"]["resourceVersion"]:
-                return 409, status(
-                    409,
-                    "Conflict",
-                    f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified',
-                    name,
-                    resource,
-                )
-            return 200, self.put(resource, patched)
-        return 405, status(405, "MethodNotAllowed", f"{method} is not supported here")
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------------
@@ -275,41 +83,21 @@ def _rendered_webhook_configurations() -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module")
-def api_tls(tmp_path_factory: pytest.TempPathFactory) -> certs.CertResult:
-    return certs.ensure_certs(tmp_path_factory.mktemp("apiserver-tls"))
-
-
 @pytest.fixture
-def api(api_tls: certs.CertResult) -> Iterator[FakeAPIServer]:
-    server = FakeAPIServer(api_tls, api_tls.key_path)
+def api() -> Iterator[FakeKubeAPI]:
+    server = FakeKubeAPI(token=TOKEN).serve()
     for obj in rendered_webhook_configurations():
         server.put(obj["kind"].lower() + "s", copy.deepcopy(obj))
     try:
         yield server
     finally:
-        server.close()
+        server.stop_serving()
 
 
 @pytest.fixture
-def kubeconfig(api: FakeAPIServer, api_tls: certs.CertResult, tmp_path: Path) -> Path:
+def kubeconfig(api: FakeKubeAPI, tmp_path: Path) -> Path:
     """A kubeconfig for the double: its CA, a bearer token."""
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "fake",
-                "clusters": [
-                    {"name": "fake", "cluster": {"server": api.url, "certificate-authority": str(api_tls.ca_path)}}
-                ],
-                "users": [{"name": "bootstrap", "user": {"token": TOKEN}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "bootstrap", "namespace": NS}}],
-            }
-        )
-    )
-    return path
+    return api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
 
 
 def run(kubeconfig: Path, **kwargs: Any) -> bootstrap.BootstrapResult:
@@ -318,13 +106,13 @@ def run(kubeconfig: Path, **kwargs: Any) -> bootstrap.BootstrapResult:
     return bootstrap.bootstrap(kubeconfig=str(kubeconfig), **args)
 
 
-def secret_files(api: FakeAPIServer) -> dict[str, bytes]:
+def secret_files(api: FakeKubeAPI) -> dict[str, bytes]:
     secret = api.get("secrets", SECRET, NS)
     assert secret is not None, "no Secret"
     return {k: base64.b64decode(v) for k, v in secret["data"].items()}
 
 
-def ca_bundles(api: FakeAPIServer) -> list[str | None]:
+def ca_bundles(api: FakeKubeAPI) -> list[str | None]:
     out = []
     for resource in KINDS:
         obj = api.get(resource, HOOK)
@@ -357,7 +145,7 @@ def make_secret(directory: Path, days: int, renew_ca: bool = False) -> dict:
 # --- tests --------------------------------------------------------------------------------------------------------
 
 
-def test_creates_the_secret_and_patches_every_ca_bundle(api: FakeAPIServer, kubeconfig: Path) -> None:
+def test_creates_the_secret_and_patches_every_ca_bundle(api: FakeKubeAPI, kubeconfig: Path) -> None:
     assert all(b is None for b in ca_bundles(api)), "the rendered manifests must not carry a caBundle"
     result = run(kubeconfig)
 
@@ -400,7 +188,7 @@ def test_creates_the_secret_and_patches_every_ca_bundle(api: FakeAPIServer, kube
         assert stored["webhooks"] == obj["webhooks"]
 
 
-def test_second_run_writes_nothing(api: FakeAPIServer, kubeconfig: Path) -> None:
+def test_second_run_writes_nothing(api: FakeKubeAPI, kubeconfig: Path) -> None:
     first = run(kubeconfig)
     before = (api.get("secrets", SECRET, NS), ca_bundles(api))
     writes = len(api.writes())
@@ -416,7 +204,7 @@ def test_second_run_writes_nothing(api: FakeAPIServer, kubeconfig: Path) -> None
 
 
 def test_near_expiry_certificate_is_renewed_with_the_same_ca(
-    api: FakeAPIServer, kubeconfig: Path, tmp_path: Path
+    api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path
 ) -> None:
     old = make_secret(tmp_path / "old", days=10)
     api.put("secrets", old)
@@ -432,7 +220,7 @@ def test_near_expiry_certificate_is_renewed_with_the_same_ca(
     assert set(ca_bundles(api)) == {base64.b64encode(old_files["ca.crt"]).decode()}
 
 
-def test_renewal_keeps_the_ca_bundle_untouched(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+def test_renewal_keeps_the_ca_bundle_untouched(api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     old = make_secret(tmp_path / "old", days=10)
     old["metadata"]["labels"] = {"team": "platform"}
     old["data"]["note"] = base64.b64encode(b"added by someone else").decode()
@@ -455,7 +243,7 @@ def test_renewal_keeps_the_ca_bundle_untouched(api: FakeAPIServer, kubeconfig: P
 
 
 def test_a_good_secret_without_the_ca_key_is_kept_until_renewal(
-    api: FakeAPIServer, kubeconfig: Path, tmp_path: Path
+    api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path
 ) -> None:
     brought = make_secret(tmp_path / "brought", days=365)
     del brought["data"]["ca.key"]
@@ -466,7 +254,7 @@ def test_a_good_secret_without_the_ca_key_is_kept_until_renewal(
     assert run(kubeconfig, renew_before_days=400, days=500).secret_action == "replaced"  # no key: a new CA
 
 
-def test_renew_before_decides(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+def test_renew_before_decides(api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     api.put("secrets", make_secret(tmp_path / "old", days=60))
     assert run(kubeconfig).secret_action == "kept"  # 60 days left, default --renew-before 30
     assert run(kubeconfig, renew_before_days=90, days=400).secret_action == "renewed"
@@ -476,10 +264,10 @@ def test_renew_before_decides(api: FakeAPIServer, kubeconfig: Path, tmp_path: Pa
     assert err.value.code == 2
 
 
-def test_create_conflict_uses_the_other_pods_secret(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+def test_create_conflict_uses_the_other_pods_secret(api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     theirs = make_secret(tmp_path / "theirs", days=365)
 
-    def another_pod_was_first(server: FakeAPIServer) -> None:
+    def another_pod_was_first(server: FakeKubeAPI) -> None:
         server.put("secrets", copy.deepcopy(theirs))  # lands between our GET (404) and our POST
 
     api.before[("create", "secrets")] = another_pod_was_first
@@ -491,11 +279,11 @@ def test_create_conflict_uses_the_other_pods_secret(api: FakeAPIServer, kubeconf
     assert methods == ["POST", "PATCH", "PATCH"], api.writes()
 
 
-def test_update_conflict_rereads(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+def test_update_conflict_rereads(api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     api.put("secrets", make_secret(tmp_path / "old", days=5))
     fresh = make_secret(tmp_path / "fresh", days=365)
 
-    def another_pod_renewed_first(server: FakeAPIServer) -> None:
+    def another_pod_renewed_first(server: FakeKubeAPI) -> None:
         server.put("secrets", copy.deepcopy(fresh))  # new resourceVersion: our PUT conflicts
 
     api.before[("update", "secrets")] = another_pod_renewed_first
@@ -505,7 +293,7 @@ def test_update_conflict_rereads(api: FakeAPIServer, kubeconfig: Path, tmp_path:
     assert set(ca_bundles(api)) == {fresh["data"]["ca.crt"]}
 
 
-def test_pods_starting_together_agree_on_one_secret(api: FakeAPIServer, kubeconfig: Path) -> None:
+def test_pods_starting_together_agree_on_one_secret(api: FakeKubeAPI, kubeconfig: Path) -> None:
     """Five init containers at once (the rollout of a fresh install): one Secret, one CA everywhere."""
     results: list[bootstrap.BootstrapResult] = []
     errors: list[BaseException] = []
@@ -530,8 +318,8 @@ def test_pods_starting_together_agree_on_one_secret(api: FakeAPIServer, kubeconf
     assert len(created) <= 1 and sum(1 for m, _ in api.writes() if m == "POST") <= 5
 
 
-def test_webhook_patch_conflict_retries(api: FakeAPIServer, kubeconfig: Path) -> None:
-    def someone_edits_it(server: FakeAPIServer) -> None:
+def test_webhook_patch_conflict_retries(api: FakeKubeAPI, kubeconfig: Path) -> None:
+    def someone_edits_it(server: FakeKubeAPI) -> None:
         server.put("mutatingwebhookconfigurations", server.get("mutatingwebhookconfigurations", HOOK))
 
     api.before[("patch", "mutatingwebhookconfigurations")] = someone_edits_it
@@ -541,9 +329,7 @@ def test_webhook_patch_conflict_retries(api: FakeAPIServer, kubeconfig: Path) ->
     assert len(patches) == 2  # the first one conflicted
 
 
-def test_new_ca_keeps_the_old_one_trusted_until_it_expires(
-    api: FakeAPIServer, kubeconfig: Path, tmp_path: Path
-) -> None:
+def test_new_ca_keeps_the_old_one_trusted_until_it_expires(api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     old = make_secret(tmp_path / "old", days=10)  # due for renewal...
     old_ca = base64.b64decode(old["data"]["ca.crt"])
     old["data"]["ca.key"] = base64.b64encode(b"lost").decode()  # ...and the CA cannot sign any more
@@ -557,7 +343,7 @@ def test_new_ca_keeps_the_old_one_trusted_until_it_expires(
     assert run(kubeconfig).secret_action == "kept"  # and it stays that way
 
 
-def test_out_writes_usable_files(api: FakeAPIServer, kubeconfig: Path, tmp_path: Path) -> None:
+def test_out_writes_usable_files(api: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     out = tmp_path / "tls"
     run(kubeconfig, out=out)
     files = secret_files(api)
@@ -569,7 +355,7 @@ def test_out_writes_usable_files(api: FakeAPIServer, kubeconfig: Path, tmp_path:
 
 
 def test_forbidden_names_verb_and_resource_and_exits_2(
-    api: FakeAPIServer, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: FakeKubeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     api.forbidden.add(("create", "secrets"))
     code = cli_main(
@@ -617,7 +403,7 @@ def test_forbidden_names_verb_and_resource_and_exits_2(
 
 
 def test_cli_success_prints_one_summary_line(
-    api: FakeAPIServer, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+    api: FakeKubeAPI, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli_main(
         [
@@ -647,7 +433,7 @@ def test_cli_success_prints_one_summary_line(
     assert dt.timedelta(days=89) < not_after - dt.datetime.now(dt.UTC) <= dt.timedelta(days=90)
 
 
-def test_missing_webhook_configuration_is_an_error(api: FakeAPIServer, kubeconfig: Path) -> None:
+def test_missing_webhook_configuration_is_an_error(api: FakeKubeAPI, kubeconfig: Path) -> None:
     with pytest.raises(
         BootstrapError, match="no MutatingWebhookConfiguration or ValidatingWebhookConfiguration named 'other'"
     ) as err:
@@ -655,9 +441,7 @@ def test_missing_webhook_configuration_is_an_error(api: FakeAPIServer, kubeconfi
     assert err.value.code == 1
 
 
-def test_no_cluster(
-    tmp_path: Path, api_tls: certs.CertResult, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_no_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     nothing = tmp_path / "kubeconfig"
     nothing.write_text(
         yaml.safe_dump(
@@ -670,7 +454,7 @@ def test_no_cluster(
                         "name": "x",
                         "cluster": {
                             "server": f"https://127.0.0.1:{free_port()}",
-                            "certificate-authority": str(api_tls.ca_path),
+                            "certificate-authority": str(fakeapi.tls().ca),
                         },
                     }
                 ],
@@ -682,7 +466,7 @@ def test_no_cluster(
     args = ["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET, "--webhook", HOOK]
     assert cli_main([*args, "--kubeconfig", str(nothing)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot reach the Kubernetes API at https://127.0.0.1:" in err, err
+    assert err.count("\n") == 1 and "cannot reach the API server at https://127.0.0.1:" in err, err
 
     assert cli_main([*args, "--kubeconfig", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -695,7 +479,7 @@ def test_no_cluster(
     assert "no cluster" in err and err.count("\n") == 1
 
 
-def test_kube_wrapper_reads_raw_objects(api: FakeAPIServer, kubeconfig: Path) -> None:
+def test_kube_wrapper_reads_raw_objects(api: FakeKubeAPI, kubeconfig: Path) -> None:
     kube = Kube(bootstrap.api_client(str(kubeconfig)))
     assert kube.get_secret(NS, SECRET) is None
     mutating = kube.get_webhook_configuration("MutatingWebhookConfiguration", HOOK)

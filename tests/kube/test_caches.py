@@ -1,29 +1,26 @@
-"""The node and namespace caches (webhook/caches.py) against a test double of the Kubernetes API.
+"""The node and namespace caches (webhook/kube/informer.py) against a test double of the Kubernetes API.
 
-There is no kube-apiserver on this machine, so ``FakeApi`` stands in for one: a real HTTP server on
-127.0.0.1 (``http.server.ThreadingHTTPServer``) serving ``GET /api/v1/nodes`` and ``/api/v1/namespaces``
-the way kube-apiserver does: lists paged by ``limit``/``continue`` from one snapshot, and ``?watch=1``
-streams (chunked JSON lines: ADDED / MODIFIED / DELETED / BOOKMARK, and ERROR 410 when the requested
-resourceVersion is compacted away). The cache reaches it through a generated kubeconfig, so the real
-``kubernetes`` client code (configuration, REST, ``watch.Watch``) runs. Every wait is a bounded poll on a
-condition; each test finishes in a few seconds.
+There is no kube-apiserver on this machine, so the shared fake API server (tests/fakeapi.py) stands in for
+one: a real HTTPS server on 127.0.0.1 serving ``/api/v1/nodes`` and ``/api/v1/namespaces`` the way
+kube-apiserver does: lists paged by ``limit``/``continue`` from one snapshot, and ``?watch=1`` streams
+(ADDED / MODIFIED / DELETED / BOOKMARK, and ERROR 410 when the requested resourceVersion is compacted away).
+The cache reaches it through a generated kubeconfig, so the real ``kubernetes`` client code (configuration,
+TLS, REST, ``watch.Watch``) runs. Every wait is a bounded poll on a condition; each test finishes in seconds.
 """
 
 from __future__ import annotations
 
 import json
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import REPO, free_port
+from fakeapi import FakeKubeAPI as FakeApi
+from fakeapi import namespace, node
 
 from webhook.engine.decide import evaluate
 from webhook.engine.placement import classify, classify_records, node_from_api
@@ -33,7 +30,6 @@ from webhook.kube.informer import CacheConfigError, ClusterCache, node_record
 
 POLICIES = load_policies(REPO / "policies")
 TEAM = "spreadguard.io/team"
-TOKEN = "test-token"
 FAST = {
     "min_rebuild_seconds": 0.05,
     "backoff_base": 0.05,
@@ -41,260 +37,6 @@ FAST = {
     "watch_seconds": 5,
     "request_timeout": (2.0, 5.0),
 }
-
-
-# ---------------------------------------------------------------------------------------------- the API double
-
-
-class FakeApi:
-    """Nodes and namespaces with resourceVersions, an event log, list snapshots and open watches."""
-
-    RESOURCES = ("nodes", "namespaces")
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.objects: dict[str, dict[str, dict]] = {r: {} for r in self.RESOURCES}
-        self.log: list[tuple[int, str, str, dict]] = []  # (resourceVersion, resource, type, object)
-        self.rv = 1000
-        self.compacted = 0  # a watch from a resourceVersion below this gets ERROR 410
-        self.epoch = 0  # bumped by expire(): open watches send ERROR 410 and end
-        self.snapshots: dict[int, tuple[int, list[dict]]] = {}
-        self.calls: list[tuple[str, str, dict[str, str]]] = []  # (resource, "list" | "watch", query)
-        self.open_watches = 0
-        self.down = True
-        self.port = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._sockets: set[socket.socket] = set()
-
-    # ---- state changes, as the cluster would make them
-
-    def put(self, resource: str, obj: dict, silent: bool = False) -> None:
-        """Create or replace ``obj``; ``silent``: no watch event (it happened during a compacted gap)."""
-        with self.cond:
-            self.rv += 1
-            obj = json.loads(json.dumps(obj))
-            obj["metadata"]["resourceVersion"] = str(self.rv)
-            name = obj["metadata"]["name"]
-            kind = "MODIFIED" if name in self.objects[resource] else "ADDED"
-            self.objects[resource][name] = obj
-            if not silent:
-                self.log.append((self.rv, resource, kind, obj))
-            self.cond.notify_all()
-
-    def delete(self, resource: str, name: str, silent: bool = False) -> None:
-        with self.cond:
-            self.rv += 1
-            obj = self.objects[resource].pop(name)
-            if not silent:
-                self.log.append(
-                    (
-                        self.rv,
-                        resource,
-                        "DELETED",
-                        {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}},
-                    )
-                )
-            self.cond.notify_all()
-
-    def bookmark(self) -> int:
-        with self.cond:
-            self.rv += 1
-            for r in self.RESOURCES:
-                self.log.append(
-                    (
-                        self.rv,
-                        r,
-                        "BOOKMARK",
-                        {
-                            "kind": "Node" if r == "nodes" else "Namespace",
-                            "metadata": {"resourceVersion": str(self.rv)},
-                        },
-                    )
-                )
-            self.cond.notify_all()
-            return self.rv
-
-    def expire(self) -> None:
-        """etcd compaction: every resourceVersion so far is gone; open watches get ERROR 410."""
-        with self.cond:
-            self.compacted = self.rv
-            self.epoch += 1
-            self.cond.notify_all()
-
-    def count(self, resource: str, verb: str) -> int:
-        with self.cond:
-            return sum(1 for r, v, _ in self.calls if r == resource and v == verb)
-
-    # ---- serving
-
-    def serve(self, port: int = 0) -> FakeApi:
-        fake = self
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that went away mid-stream (stop(), tests cutting connections)
-
-        class Handler(_Handler):
-            api = fake
-
-        self._server = Server(("127.0.0.1", port), Handler)
-        self.port = self._server.server_address[1]
-        with self.cond:
-            self.down = False
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop_serving(self) -> None:
-        """The API goes away: no listener, every open connection (watches, keep-alive) cut."""
-        with self.cond:
-            self.down = True
-            self.cond.notify_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        for s in list(self._sockets):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive and chunked watch streams, like the API server
-    api: FakeApi
-
-    def setup(self) -> None:
-        super().setup()
-        self.api._sockets.add(self.connection)
-
-    def finish(self) -> None:
-        self.api._sockets.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def _json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _status(self, code: int, reason: str, message: str) -> dict:
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code,
-        }
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        resource = url.path.removeprefix("/api/v1/")
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self._json(401, self._status(401, "Unauthorized", "Unauthorized"))
-        if resource not in FakeApi.RESOURCES:
-            return self._json(404, self._status(404, "NotFound", f"{url.path} not found"))
-        watching = query.get("watch", "").lower() in ("1", "true")
-        with self.api.cond:
-            self.api.calls.append((resource, "watch" if watching else "list", query))
-        if watching:
-            return self._watch(resource, query)
-        return self._list(resource, query)
-
-    def _list(self, resource: str, query: dict[str, str]) -> None:
-        api = self.api
-        limit = int(query.get("limit") or 0)
-        with api.cond:
-            token = query.get("continue")
-            if token:
-                snap_id, offset = (int(x) for x in token.split(":"))
-                if snap_id not in api.snapshots:
-                    return self._json(410, self._status(410, "Expired", "the continue token has expired"))
-                rv, items = api.snapshots[snap_id]
-            else:
-                rv, offset = api.rv, 0
-                items = [api.objects[resource][k] for k in sorted(api.objects[resource])]
-                snap_id = len(api.snapshots) + 1
-                api.snapshots[snap_id] = (rv, items)
-        end = offset + limit if limit else len(items)
-        meta: dict[str, Any] = {"resourceVersion": str(rv)}
-        if end < len(items):
-            meta["continue"] = f"{snap_id}:{end}"
-        kind = "NodeList" if resource == "nodes" else "NamespaceList"
-        self._json(200, {"kind": kind, "apiVersion": "v1", "metadata": meta, "items": items[offset:end]})
-
-    def _chunk(self, event: dict) -> None:
-        data = (json.dumps(event) + "\n").encode()
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _client_gone(self) -> bool:
-        readable, _, _ = select.select([self.connection], [], [], 0)
-        if not readable:
-            return False
-        try:
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
-
-    def _watch(self, resource: str, query: dict[str, str]) -> None:
-        api = self.api
-        since = int(query.get("resourceVersion") or 0)
-        deadline = time.monotonic() + min(float(query.get("timeoutSeconds") or 30), 30)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        gone = self._status(410, "Expired", f"too old resource version: {since}")
-        with api.cond:
-            api.open_watches += 1
-            epoch = api.epoch
-        try:
-            if since < api.compacted:
-                self._chunk({"type": "ERROR", "object": gone})
-            else:
-                while True:
-                    with api.cond:
-                        pending = [e for e in api.log if e[0] > since and e[1] == resource]
-                        left = deadline - time.monotonic()
-                        if not pending and api.epoch == epoch and not api.down and left > 0:
-                            api.cond.wait(min(left, 0.05))
-                            if self._client_gone():
-                                raise ConnectionResetError("the client closed the watch")
-                            continue
-                        expired, down = api.epoch != epoch, api.down
-                    for rv, _, kind, obj in pending:
-                        self._chunk({"type": kind, "object": obj})
-                        since = rv
-                    if expired:
-                        self._chunk({"type": "ERROR", "object": gone})
-                        break
-                    if down:  # cut, no end of stream
-                        self.close_connection = True
-                        return
-                    if time.monotonic() >= deadline:
-                        break
-            self.wfile.write(b"0\r\n\r\n")
-        except OSError:  # the client went away (stop())
-            self.close_connection = True
-        finally:
-            with api.cond:
-                api.open_watches -= 1
 
 
 # -------------------------------------------------------------------------------------------------- helpers
@@ -312,64 +54,8 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 6.0) -> Any:
         time.sleep(0.01)
 
 
-def node(
-    name: str,
-    pool: str = "h100",
-    team: str | None = "vision",
-    gpus: int = 8,
-    unschedulable: bool = False,
-    heartbeat: str = "2025-01-01T00:00:00Z",
-    **labels: str,
-) -> dict:
-    taints = [{"key": TEAM, "value": team, "effect": "NoSchedule"}] if team else []
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {"kubernetes.io/hostname": name, "pool": pool, "topology.kubernetes.io/zone": "z1", **labels},
-        },
-        "spec": {"taints": taints, **({"unschedulable": True} if unschedulable else {})},
-        "status": {
-            "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "96", "memory": "1Ti"},
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "lastHeartbeatTime": heartbeat,
-                    "lastTransitionTime": "2025-01-01T00:00:00Z",
-                }
-            ],
-            "nodeInfo": {"kubeletVersion": "v1.31.0"},
-        },
-    }
-
-
-def namespace(name: str, **labels: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}},
-        "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"},
-    }
-
-
 def kubeconfig(tmp_path: Path, port: int) -> str:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                "users": [{"name": "test", "user": {"token": TOKEN}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "test"}}],
-            }
-        )
-    )
-    return str(path)
+    return str(FakeApi().kubeconfig(tmp_path / "kubeconfig", port))
 
 
 def pytorchjob(replicas: int) -> dict:
@@ -444,14 +130,14 @@ def test_initial_list_pages_through_the_nodes(fake: FakeApi, caches: list, tmp_p
     ]
     assert view.namespaces["ml"][TEAM] == "vision" and view.namespaces["nlp"]["spreadguard.io/mode"] == "warn"
     # 1201 nodes in pages of 500, each continued from the previous page; then a watch from the list's version
-    lists = [q for r, v, q in fake.calls if r == "nodes" and v == "list"]
+    lists = fake.calls("nodes", "list")
     assert [q.get("limit") for q in lists] == ["500"] * 3
     assert [q.get("continue") for q in lists][0] is None and all(q.get("continue") for q in lists[1:])
-    watch = wait_for(lambda: next((q for r, v, q in fake.calls if r == "nodes" and v == "watch"), None), "a watch")
+    watch = wait_for(lambda: next(iter(fake.calls("nodes", "watch")), None), "a watch")
     assert watch["allowWatchBookmarks"] == "true" and int(watch["timeoutSeconds"]) <= FAST["watch_seconds"]
     assert int(watch["resourceVersion"]) >= 2200
     # the compact classes are exactly what placement.classify makes of the same nodes
-    nodes = list(fake.objects["nodes"].values())
+    nodes = fake.items("v1", "nodes", None)
     assert set(view.classes) == set(classify(node_from_api(n) for n in nodes))
     status = cache.status()
     json.dumps(status)
@@ -565,8 +251,8 @@ def test_api_down_at_start_means_spec_only_then_synced(fake: FakeApi, caches: li
     assert not view.synced and view.node_count == 0
     nodes_error, namespaces_error = view.error.split("; ")
     for resource, error in (("nodes", nodes_error), ("namespaces", namespaces_error)):
-        assert error.startswith(f"{resource}: cannot reach the API server at http://127.0.0.1:{port}: Failed to ")
-        assert "Connection refused" in error and "HTTPConnection" not in error
+        assert error.startswith(f"{resource}: cannot reach the API server at https://127.0.0.1:{port}: Failed to ")
+        assert "Connection refused" in error and "HTTPSConnection" not in error
     d = evaluate(pytorchjob(16), Context(namespace="ml", cluster=cache.view()), POLICIES)
     assert any(
         i.startswith("cluster view not synced (nodes: cannot reach the API server")
@@ -670,7 +356,7 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert ClusterCache.from_environment() is None
     monkeypatch.setenv("KUBECONFIG", kubeconfig(tmp_path, 6443))
     cache = ClusterCache.from_environment()
-    assert cache is not None and cache.host == "http://127.0.0.1:6443" and not cache.view().synced
+    assert cache is not None and cache.host == "https://127.0.0.1:6443" and not cache.view().synced
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert ClusterCache.from_environment() is None  # from the environment: warn, run spec-only
     with pytest.raises(CacheConfigError, match="missing"):

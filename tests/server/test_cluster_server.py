@@ -1,8 +1,8 @@
 """The real server with its cluster cache: decisions use the nodes and namespaces it watches.
 
-There is no kube-apiserver on this machine: the cache talks to ``FakeApi`` (tests/test_caches.py), a
-real HTTP server on 127.0.0.1 that pages lists and streams watches like the API server, through a
-generated kubeconfig so the real ``kubernetes`` client code runs.
+There is no kube-apiserver on this machine: the cache talks to the shared fake API server (tests/fakeapi.py,
+a test double), a real HTTPS server on 127.0.0.1 that pages lists and streams watches like the API server,
+through a generated kubeconfig so the real ``kubernetes`` client code runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Server, TLSFiles, start_server, stop
-from test_caches import FakeApi, kubeconfig, namespace, node
+from fakeapi import FakeKubeAPI, namespace, node
 
 TEAM = "spreadguard.io/team"
 
@@ -60,8 +60,8 @@ def patched_worker(resp: dict) -> dict:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeApi]:
-    api = FakeApi()
+def fake() -> Iterator[FakeKubeAPI]:
+    api = FakeKubeAPI()
     for i in range(4):
         api.put("nodes", node(f"gpu-{i}"))
     api.put("nodes", node("nlp-0", team="nlp"))
@@ -72,8 +72,8 @@ def fake() -> Iterator[FakeApi]:
 
 
 @pytest.fixture
-def cluster_server(fake: FakeApi, tls_files: TLSFiles, tmp_path: Path) -> Iterator[Server]:
-    config = kubeconfig(tmp_path, fake.port)
+def cluster_server(fake: FakeKubeAPI, tls_files: TLSFiles, tmp_path: Path) -> Iterator[Server]:
+    config = str(fake.kubeconfig(tmp_path / "kubeconfig"))
     server = start_server(
         tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto", "--kubeconfig", config
     )
@@ -118,7 +118,7 @@ def test_team_from_the_watched_namespace_label(cluster_server: Server) -> None:
 
 
 def test_unreachable_api_means_spec_only_with_a_warning(tls_files: TLSFiles, tmp_path: Path) -> None:
-    config = kubeconfig(tmp_path, 9)  # nothing listens on port 9: connection refused
+    config = str(FakeKubeAPI().kubeconfig(tmp_path / "kubeconfig", port=9))  # nothing listens on port 9: refused
     server = start_server(
         tls_files, REPO / "policies", tmp_path / "server.log", "--cluster-cache", "auto", "--kubeconfig", config
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
-import json
 import os
 import secrets
 import sys
@@ -36,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from webhook.certs import files as certs
+from webhook.kube import client as kube
 
 SECRET_TYPE = "kubernetes.io/tls"
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = certs.CA_CERT, certs.CA_KEY, certs.TLS_CERT, certs.TLS_KEY
@@ -92,32 +92,15 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
 
 
 def api_client(kubeconfig: str | None = None) -> Any:
-    """A ``kubernetes`` ApiClient: from ``kubeconfig``, else in-cluster, else ``$KUBECONFIG``/``~/.kube/config``."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    if kubeconfig:
-        if not os.path.isfile(kubeconfig):
-            raise BootstrapError(f"--kubeconfig {kubeconfig}: no such file", 2)
-        try:
-            return config.new_client_from_config(config_file=kubeconfig, persist_config=False)
-        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-            raise BootstrapError(f"--kubeconfig {kubeconfig}: {_one_line(exc)}", 2) from None
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except ConfigException as exc:
-            raise BootstrapError(f"in-cluster configuration: {_one_line(exc)}", 2) from None
-        return client.ApiClient(configuration)
+    """A ``kubernetes`` ApiClient from the source ``webhook.kube.client.load`` picks (its one precedence rule:
+    ``--kubeconfig``, else in-cluster, else ``$KUBECONFIG``, else ``~/.kube/config``); exit code 2 when none."""
     try:
-        return config.new_client_from_config(persist_config=False)
-    except (ConfigException, OSError, ValueError, TypeError, KeyError):
-        raise BootstrapError(
-            "no cluster: not running in a pod (KUBERNETES_SERVICE_HOST is unset) and no kubeconfig "
-            "(give --kubeconfig FILE or set KUBECONFIG)",
-            2,
-        ) from None
+        connection = kube.load(kubeconfig)
+    except kube.ConfigError as exc:
+        raise BootstrapError(str(exc), 2) from None
+    if connection is None:
+        raise BootstrapError(kube.NO_CLUSTER, 2)
+    return connection.api
 
 
 class Kube:
@@ -196,11 +179,10 @@ class Kube:
 
         where = f" in namespace {namespace}" if namespace else ""
         try:
-            response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-            return json.loads(response.data)
+            return kube.call_json(method, REQUEST_TIMEOUT, *args, **kwargs)
         except ApiException as exc:
             status = exc.status or 0
-            detail = _status_message(exc.body) or exc.reason or ""
+            detail = kube.status_message(exc) or exc.reason or ""
             if status == 404 and verb == "get":
                 return None
             if status == 409:
@@ -211,36 +193,14 @@ class Kube:
                     "(the service account needs the permissions in manifests/base/rbac.yaml)",
                     2,
                 ) from None
-            if status == 401:
-                raise BootstrapError(f"unauthorized at {self.host}: {detail or 'credentials rejected'}", 2) from None
-            raise BootstrapError(f"{verb} {resource} {name!r}{where}: HTTP {status}: {detail}") from None
+            code = 1 if kube.is_transport(exc) else 2 if status == 401 else 1
+            raise BootstrapError(kube.describe(exc, self.host, f"{verb} {resource} {name!r}{where}"), code) from None
         except (HTTPError, OSError) as exc:
-            raise BootstrapError(f"cannot reach the Kubernetes API at {self.host}: {_reason(exc)}") from None
+            raise BootstrapError(kube.describe(exc, self.host)) from None
         except ValueError as exc:  # a body that is not JSON
-            raise BootstrapError(f"{verb} {resource} {name!r}{where}: unreadable answer: {_one_line(exc)}") from None
-
-
-def _status_message(body: Any) -> str:
-    if not body:
-        return ""
-    try:
-        status = json.loads(body)
-    except (TypeError, ValueError):
-        return _one_line(body)[:300]
-    return _one_line(status.get("message", "")) if isinstance(status, dict) else ""
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost useful reason of a urllib3/OS error (``Connection refused``, not the retry wrapper)."""
-    reason = getattr(exc, "reason", None)
-    while isinstance(reason, BaseException) and getattr(reason, "reason", None) is not None:
-        reason = reason.reason  # type: ignore[attr-defined]
-    text = _one_line(reason if reason is not None else exc)
-    return text.split("] ", 1)[-1] if "Errno" in text else text
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
+            raise BootstrapError(
+                f"{verb} {resource} {name!r}{where}: unreadable answer: {kube.one_line(exc)}"
+            ) from None
 
 
 # --- deciding what the Secret holds -------------------------------------------------------------------------------

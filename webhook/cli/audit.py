@@ -1,4 +1,4 @@
-"""``spreadguard audit``: argparse wiring and the command (the work is in audit.py and cluster.py)."""
+"""``spreadguard audit``: argparse wiring and the command (the work is in webhook/audit/ and webhook/kube/)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ by the webhook's engine with every policy treated as `enforce` (whatever mode it
 manifest files or a live cluster (read-only, paginated). Each result says allowed or denied, every
 violation (rule, policy, field, message), every warning, the JSON patch, the blast radius of each
 replica group (the share of replicas one node or zone failure can take) and PodDisruptionBudgets that
-forbid every eviction.
+forbid every eviction. With --cluster, also the actual placement: per group, from where its pods run,
+what one node or zone failure takes (gangs: nodes, zones and expected restarts), pending pods, drift,
+and what each node's and zone's failure would cost.
 
 table RESULT: pass; risk (admitted without findings, but one node failure can take every replica of a
 group of several); warn (admitted with warnings); deny. Sources: FILE#doc N is the N-th document.
@@ -30,13 +32,15 @@ examples:
   helm template my-release ./chart | spreadguard audit -f - --diff
   spreadguard audit --cluster -n ml                    # one namespace of the current context
   spreadguard audit --cluster -A -o policyreport | kubectl apply -f -
+  spreadguard audit --cluster -A --top 20 -o json      # actual placement, every node in JSON
   spreadguard audit --cluster --context prod -A -o junit > audit.xml
   spreadguard audit -f examples/ --fail-on warnings    # CI: warnings fail too"""
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``audit`` to the ``spreadguard`` sub-commands."""
-    from webhook.audit.auditor import FAIL_ON, WRITERS
+    from webhook.audit.auditor import FAIL_ON
+    from webhook.audit.report import WRITERS
     from webhook.cli.common import formatter as _formatter
 
     p = subparsers.add_parser(
@@ -84,6 +88,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--zones", type=int, default=3, metavar="N", help="zones assumed for zone-spread blast radius (default: 3)"
     )
+    live.add_argument(
+        "--node-failure-rate",
+        type=float,
+        default=19.0,
+        metavar="R",
+        help="node failures per 1000 nodes per day, for a gang's expected restarts (default: 19)",
+    )
+    live.add_argument(
+        "--top", type=int, default=10, metavar="N", help="table: the N most harmful node/zone failures (default: 10)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="table: every finding and group under its row")
     p.add_argument("--user", default="", help="request user the exemptions are judged for (default: none)")
     p.add_argument("--group", action="append", default=[], help="request group (repeatable)")
@@ -120,6 +134,8 @@ class _Progress:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from webhook.audit import auditor as audit
+    from webhook.audit import manifests, placement, report
+    from webhook.audit.results import InputError
     from webhook.engine.policy import PolicyError, load_policies
     from webhook.kube import listing as cluster
 
@@ -130,8 +146,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.filename and (args.kubeconfig or args.context or args.all_namespaces):
         _err("--kubeconfig, --context and -A go with --cluster")
         return 2
-    if args.chunk_size < 1 or args.zones < 1:
-        _err("--chunk-size and --zones must be at least 1")
+    if args.chunk_size < 1 or args.zones < 1 or args.top < 1:
+        _err("--chunk-size, --zones and --top must be at least 1")
+        return 2
+    if not 0 <= args.node_failure_rate <= 1000:
+        _err("--node-failure-rate is per 1000 nodes per day: between 0 and 1000")
         return 2
     try:
         policies = load_policies(args.policies)
@@ -140,6 +159,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
 
+    actual = placement.Placement(policies, failure_rate=args.node_failure_rate) if args.cluster else None
     auditor = audit.Auditor(
         policies,
         zones=args.zones,
@@ -148,19 +168,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
         groups=args.group,
         default_namespace=(args.namespace or "") if args.filename else "",
         pdbs_first=args.cluster,  # the scan lists PDBs first: no per-object index is kept
+        placement=actual,
     )
     color = args.output == "table" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    writer = audit.WRITERS[args.output](sys.stdout, fail_on=args.fail_on, color=color, verbose=args.verbose)
+    writer = report.WRITERS[args.output](sys.stdout, fail_on=args.fail_on, color=color, verbose=args.verbose)
     notes: list[str] = []
 
-    def error(e: audit.InputError) -> None:
+    def error(e: InputError) -> None:
         print(f"spreadguard: error: {e.text()}", file=sys.stderr)
         writer.error(e)
 
     if args.filename:
-        for doc in audit.read_documents(args.filename, recursive=args.recursive):
+        for doc in manifests.read_documents(args.filename, recursive=args.recursive):
             if doc.error is not None:
-                error(audit.InputError(doc.source, doc.error))
+                error(InputError(doc.source, doc.error))
             elif doc.obj is not None:
                 result = auditor.audit(doc.obj, doc.source)
                 if result is not None:
@@ -173,7 +194,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
             def on_error(message: str) -> None:
                 progress.clear()
-                error(audit.InputError("cluster", message))
+                error(InputError("cluster", message))
 
             scan = cluster.Scan(
                 session,
@@ -189,17 +210,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
         try:
             for ns in scan.namespaces():
                 auditor.namespace(ns)
+            assert actual is not None
+            for node in scan.nodes():
+                actual.node(node)
             for obj in scan.objects():
                 result = auditor.audit(obj, "cluster")
+                if obj.get("kind") == "Pod" and obj.get("apiVersion") == "v1":
+                    actual.pod(obj)  # after the audit: a lone pod's own result is its would-be view
                 if result is not None:
                     writer.add(result)
         except cluster.ClusterError as exc:  # lost the API server mid-scan: report what was audited
             progress.clear()
-            error(audit.InputError("cluster", str(exc)))
+            error(InputError("cluster", str(exc)))
         progress.clear()
         notes = scan.notes
     for result in auditor.finish():
         writer.add(result)
+    if actual is not None:
+        writer.placement(actual.report(), args.top)
     summary = auditor.summary(writer.errors, notes)
     writer.close(summary)
     sys.stdout.flush()

@@ -52,7 +52,7 @@ def _key(label: dict[str, str]) -> tuple[str, str, str, str]:
 
 def _old_objects(path: str, namespace: str) -> dict[tuple[str, str, str, str], dict[str, Any]] | None:
     """The objects of ``--old`` by (group, kind, namespace, name); None (errors printed) when unreadable."""
-    from webhook.audit.auditor import read_documents
+    from webhook.audit.manifests import read_documents
 
     old: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     ok = True
@@ -97,7 +97,8 @@ class _Output:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from webhook.audit.auditor import read_documents, ref_of
+    from webhook.audit.manifests import read_documents
+    from webhook.audit.results import ref_of
     from webhook.engine.decide import evaluate
     from webhook.engine.target import Context
 

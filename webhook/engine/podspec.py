@@ -166,3 +166,30 @@ def pinned_host(spec: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
         if len(allowed) == 1:
             return ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution"), next(iter(allowed))
     return None
+
+
+def pinned_value(spec: dict[str, Any], key: str) -> str | None:
+    """The single value of node label ``key`` a pod is confined to (``nodeName`` counts for the hostname):
+    ``nodeSelector``, or required node affinity whose every term allows one value; None otherwise."""
+    if key == HOSTNAME and spec.get("nodeName"):
+        return str(spec["nodeName"])
+    value = (spec.get("nodeSelector") or {}).get(key)
+    if value:
+        return str(value)
+    allowed: set[str] = set()
+    for term in required_node_terms(spec):  # ORed: every term must confine the key
+        values = hosts_allowed_by_term(term) if key == HOSTNAME else label_values_allowed_by_term(term, key)
+        if values is None:
+            return None
+        allowed |= values
+    return next(iter(allowed)) if len(allowed) == 1 else None
+
+
+def label_values_allowed_by_term(term: dict[str, Any], key: str) -> set[str] | None:
+    """Values of node label ``key`` one nodeSelectorTerm allows; None when it does not restrict ``key``."""
+    values: set[str] | None = None
+    for expr in term.get("matchExpressions") or []:
+        if isinstance(expr, dict) and expr.get("key") == key and expr.get("operator") == "In":
+            vals = {str(v) for v in expr.get("values") or []}
+            values = vals if values is None else values & vals
+    return values

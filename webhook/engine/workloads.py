@@ -72,6 +72,14 @@ class Kind:
     workload_class: str  # "training" or "serving": default when the object does not say
     templates: tuple[TemplateSet, ...]
     note: str = ""  # said in a warning when the kind is handled specially
+    plural: str = ""  # REST resource name: what the API path, RBAC and kubectl call it
+    versions: tuple[str, ...] = ("v1",)  # versions spreadguard reads, preferred first
+    depth: int = 0  # controllers that can sit above it (Deployment 0 > ReplicaSet 1 > Pod 3): owners list first
+
+    @property
+    def resource(self) -> str:
+        """``pods``, ``deployments.apps``, ``pytorchjobs.kubeflow.org``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -279,7 +287,7 @@ _DEPLOYMENT_LIKE = TemplateSet(
 )
 
 
-def _kubeflow_kind(kind: str, field_name: str) -> Kind:
+def _kubeflow_kind(kind: str, field_name: str, versions: tuple[str, ...] = ("v1",)) -> Kind:
     return Kind(
         "kubeflow.org",
         kind,
@@ -294,14 +302,16 @@ def _kubeflow_kind(kind: str, field_name: str) -> Kind:
                 placement=_kubeflow_placement,
             ),
         ),
+        plural=f"{kind.lower()}s",
+        versions=versions,
     )
 
 
 _KINDS: list[Kind] = [
-    Kind("", "Pod", "training", ()),  # Pods are matched to their group by POD_GROUP_LABELS
-    Kind("apps", "Deployment", "serving", (_DEPLOYMENT_LIKE,)),
-    Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,)),
-    Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,)),
+    Kind("", "Pod", "training", (), plural="pods", depth=3),  # Pods are matched to their group by POD_GROUP_LABELS
+    Kind("apps", "Deployment", "serving", (_DEPLOYMENT_LIKE,), plural="deployments"),
+    Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,), plural="statefulsets", depth=1),
+    Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,), plural="replicasets", depth=1),
     Kind(
         "batch",
         "Job",
@@ -314,6 +324,8 @@ _KINDS: list[Kind] = [
                 job_spec=True,
             ),
         ),
+        plural="jobs",
+        depth=2,
     ),
     Kind(
         "batch",
@@ -328,10 +340,11 @@ _KINDS: list[Kind] = [
                 job_spec=True,
             ),
         ),
+        plural="cronjobs",
     ),
     _kubeflow_kind("PyTorchJob", "pytorchReplicaSpecs"),
     _kubeflow_kind("TFJob", "tfReplicaSpecs"),
-    _kubeflow_kind("MPIJob", "mpiReplicaSpecs"),
+    _kubeflow_kind("MPIJob", "mpiReplicaSpecs", ("v2beta1", "v1")),
     _kubeflow_kind("XGBoostJob", "xgbReplicaSpecs"),
     Kind(
         "trainer.kubeflow.org",
@@ -340,6 +353,8 @@ _KINDS: list[Kind] = [
         (),
         note="TrainJob {name}: its pods come from the training runtime, so spreadguard places them "
         "when the runtime's JobSet creates them (Pod backstop, group jobset.sigs.k8s.io/jobset-name={name})",
+        plural="trainjobs",
+        versions=("v1alpha1",),
     ),
     Kind(
         "jobset.x-k8s.io",
@@ -362,6 +377,9 @@ _KINDS: list[Kind] = [
                 placement=lambda _o, _g, _n: GANG,
             ),
         ),
+        plural="jobsets",
+        versions=("v1alpha2",),
+        depth=1,
     ),
     Kind(
         "leaderworkerset.x-k8s.io",
@@ -380,6 +398,7 @@ _KINDS: list[Kind] = [
                 selector=_lws_selector(leader=False),
             ),
         ),
+        plural="leaderworkersets",
     ),
     Kind(
         "ray.io",
@@ -394,6 +413,9 @@ _KINDS: list[Kind] = [
                 placement=_ray_placement,
             ),
         ),
+        plural="rayclusters",
+        versions=("v1", "v1alpha1"),
+        depth=1,
     ),
     Kind(
         "ray.io",
@@ -409,6 +431,8 @@ _KINDS: list[Kind] = [
                 placement=_ray_placement,
             ),
         ),
+        plural="rayjobs",
+        versions=("v1", "v1alpha1"),
     ),
     Kind(
         "batch.volcano.sh",
@@ -426,6 +450,8 @@ _KINDS: list[Kind] = [
                 placement=_volcano_placement,
             ),
         ),
+        plural="jobs",
+        versions=("v1alpha1",),
     ),
 ]
 

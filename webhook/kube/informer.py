@@ -17,7 +17,6 @@ Watch events are parsed into plain dicts (no ``V1Node`` models). Figures and the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -31,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook.engine.placement import PER_NODE_LABELS, ClusterView, NodeRecord, classify_records, node_from_api
+from webhook.kube import client as kube
 
 log = logging.getLogger("spreadguard.caches")
 
@@ -108,34 +108,9 @@ def _utc(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
-
-
 def describe_error(exc: BaseException, host: str) -> str:
-    """One line saying what went wrong with a call to the API server."""
-    from urllib3.exceptions import HTTPError
-
-    status = _status_of(exc)
-    if status:  # ApiException from a response (or a watch ERROR event)
-        message = ""
-        body = getattr(exc, "body", None)
-        if body:
-            try:
-                message = str(json.loads(body).get("message") or "")
-            except (TypeError, ValueError, AttributeError):
-                message = ""
-        text = f"HTTP {status} {message or getattr(exc, 'reason', '') or ''}".strip()
-    elif status == 0 or isinstance(exc, HTTPError | OSError):  # transport: refused, reset, TLS, timeout
-        reason = getattr(exc, "reason", None) or exc
-        # "HTTPConnection(host='h', port=1): Failed to establish ..." / "<...HTTPConnection object at 0x..>: ..."
-        detail = _CONNECTION_PREFIX.sub("", str(reason))
-        text = f"cannot reach the API server at {host}: {detail or type(exc).__name__}"
-    else:  # e.g. a malformed answer
-        text = f"unexpected answer from the API server at {host}: {type(exc).__name__}: {exc}"
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+    """One line saying what went wrong with a call to the API server (``webhook.kube.client.describe``)."""
+    return kube.describe(exc, host)
 
 
 def _raw_watch() -> Any:
@@ -367,7 +342,7 @@ class ClusterCache:
                     break
                 failures = 1 if res.watch_open else failures + 1  # a watch that was open: the API answered
                 res.watch_open = False
-                gone = _status_of(exc) == 410
+                gone = kube.status_of(exc) == 410
                 with self._lock:
                     res.watch_restarts += 1
                     if gone:  # the resourceVersion (or continue token) expired: list again
@@ -402,22 +377,9 @@ class ClusterCache:
         stopping = stopping or self._stopping
         interner = _Interner()
         items: dict[str, Any] = {}
-        token: str | None = None
         version = ""
         pages = 0
-        while True:
-            kw: dict[str, Any] = {
-                "limit": self.page_size,
-                "_preload_content": False,
-                "_request_timeout": self.request_timeout,
-            }
-            if token:
-                kw["_continue"] = token
-            resp = res.lister(**kw)
-            try:
-                page = json.loads(resp.data)
-            finally:
-                resp.release_conn()
+        for page in kube.pages(res.lister, self.page_size, self.request_timeout):
             pages += 1
             for raw in page.get("items") or ():
                 if isinstance(raw, dict):
@@ -425,10 +387,8 @@ class ClusterCache:
                     if got is not None:
                         items[got[0]] = got[1]
             interner.live = len(items)
-            meta = page.get("metadata") or {}
-            version = str(meta.get("resourceVersion") or version)
-            token = meta.get("continue") or None
-            if not token or stopping.is_set():
+            version = str((page.get("metadata") or {}).get("resourceVersion") or version)
+            if stopping.is_set():
                 break
         if stopping.is_set():
             return
@@ -604,29 +564,21 @@ class ClusterCache:
 
 
 def api_client_from_environment(kubeconfig: str | None = None, context: str | None = None) -> Any | None:
-    """A ``kubernetes.client.ApiClient`` as ``ClusterCache.from_environment`` describes, or None."""
-    from kubernetes import client, config
+    """A ``kubernetes.client.ApiClient`` as ``ClusterCache.from_environment`` describes, or None.
 
-    cfg = client.Configuration()
-    cfg.retries = 1  # one quick retry (a pooled connection the server closed); the cache backs off itself
-    explicit = kubeconfig is not None or context is not None
-    if not explicit and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException as exc:
-            log.warning("in-cluster configuration unusable (%s): no cluster cache, decisions from the spec alone", exc)
-            return None
-        return client.ApiClient(cfg)
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if not path:
+    The source is picked by ``webhook.kube.client.load`` (the one precedence rule), without its last step:
+    ``~/.kube/config`` is never used implicitly here. A source given explicitly that fails raises
+    ``CacheConfigError``; one found in the environment that fails is logged and the server runs spec-only.
+    """
+    try:
+        # one quick retry (a pooled connection the server closed); the cache backs off itself
+        connection = kube.load(kubeconfig, context, home=False, retries=1)
+    except kube.ConfigError as exc:
+        if exc.explicit:
+            raise CacheConfigError(str(exc)) from None
+        log.warning("%s: no cluster cache, decisions from the spec alone", exc)
+        return None
+    if connection is None:
         log.info("no cluster configuration (not in a pod, no KUBECONFIG): decisions from the spec alone")
         return None
-    try:
-        config.load_kube_config(config_file=path, context=context, client_configuration=cfg, persist_config=False)
-    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
-        message = f"kubeconfig {path}: {' '.join(str(exc).split())}"
-        if explicit:
-            raise CacheConfigError(message) from None
-        log.warning("%s: no cluster cache, decisions from the spec alone", message)
-        return None
-    return client.ApiClient(cfg)
+    return connection.api

@@ -4,23 +4,22 @@ Read-only (discovery and ``list``), page by page (``limit``/``continue``): a pag
 are yielded one by one and dropped, so a cluster of 100,000 pods is never held in memory. Kinds are
 listed owners first (a Deployment before its ReplicaSets before their Pods) so that the audit can skip
 the children of workloads it already judged. Training CRDs the cluster does not serve are skipped with
-a note; a resource that cannot be listed (403) is reported and the scan goes on.
+a note; a resource that cannot be listed (403) is reported and the scan goes on. ``nodes()`` lists the
+Nodes, paged the same way, for the placement audit (where pods run). Configuration, error wording and
+paging come from ``webhook.kube.client``; plurals and versions from ``webhook.engine.workloads``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from webhook.engine import workloads
+from webhook.kube import client as kube
 
 DEFAULT_CHUNK = 500
 TIMEOUT = (10, 120)  # connect, read (seconds)
-SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @dataclass(frozen=True)
@@ -38,27 +37,16 @@ class ApiKind:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
-# Listing order: PodDisruptionBudgets first (few; then the audit needs no index of what they select),
-# then owners before what they own (TrainJob > JobSet > Job > Pod, RayJob > RayCluster,
-# LeaderWorkerSet > StatefulSet, Deployment > ReplicaSet, CronJob > Job).
+# PodDisruptionBudgets come first (few; then the audit needs no index of what they select), then every kind of
+# the workload table, owners before what they own (``Kind.depth``: TrainJob > JobSet > Job > Pod, ...).
+PDB = ApiKind("policy", "PodDisruptionBudget", "poddisruptionbudgets", ("v1",))
 CATALOG: tuple[ApiKind, ...] = (
-    ApiKind("policy", "PodDisruptionBudget", "poddisruptionbudgets", ("v1",)),
-    ApiKind("trainer.kubeflow.org", "TrainJob", "trainjobs", ("v1alpha1",)),
-    ApiKind("jobset.x-k8s.io", "JobSet", "jobsets", ("v1alpha2",)),
-    ApiKind("leaderworkerset.x-k8s.io", "LeaderWorkerSet", "leaderworkersets", ("v1",)),
-    ApiKind("ray.io", "RayJob", "rayjobs", ("v1", "v1alpha1")),
-    ApiKind("ray.io", "RayCluster", "rayclusters", ("v1", "v1alpha1")),
-    ApiKind("kubeflow.org", "PyTorchJob", "pytorchjobs", ("v1",)),
-    ApiKind("kubeflow.org", "TFJob", "tfjobs", ("v1",)),
-    ApiKind("kubeflow.org", "MPIJob", "mpijobs", ("v2beta1", "v1")),
-    ApiKind("kubeflow.org", "XGBoostJob", "xgboostjobs", ("v1",)),
-    ApiKind("batch.volcano.sh", "Job", "jobs", ("v1alpha1",)),
-    ApiKind("apps", "Deployment", "deployments", ("v1",)),
-    ApiKind("apps", "StatefulSet", "statefulsets", ("v1",)),
-    ApiKind("batch", "CronJob", "cronjobs", ("v1",)),
-    ApiKind("batch", "Job", "jobs", ("v1",)),
-    ApiKind("apps", "ReplicaSet", "replicasets", ("v1",)),
-    ApiKind("", "Pod", "pods", ("v1",)),
+    PDB,
+    *(
+        ApiKind(k.group, k.kind, k.plural, k.versions)
+        for k in sorted(workloads.KINDS.values(), key=lambda k: k.depth)
+        if k.plural
+    ),
 )
 BUILTIN_GROUPS = ("", "apps", "batch", "policy")  # always served; listed through the typed APIs
 _SNAKE = {
@@ -73,7 +61,7 @@ _SNAKE = {
 
 
 def unlisted_kinds() -> list[str]:
-    """Kinds of ``workloads.KINDS`` with no CATALOG entry (a new kind needs one to be audited live)."""
+    """Kinds of ``workloads.KINDS`` without a REST plural (a new kind needs one to be audited live)."""
     listed = {(k.group, k.kind) for k in CATALOG}
     return [f"{kind} ({group or 'core'})" for group, kind in workloads.KINDS if (group, kind) not in listed]
 
@@ -82,61 +70,23 @@ class ClusterError(Exception):
     """A problem that stops the scan, said in one line."""
 
 
-@dataclass
-class Session:
-    api: Any  # kubernetes.client.ApiClient
-    host: str
-    namespace: str  # the context's namespace (used without -n / -A)
-    context: str
-
-
-def _context_namespace(
-    contexts: list[dict[str, Any]], name: str | None, active: dict[str, Any] | None
-) -> tuple[str, str]:
-    chosen = next((c for c in contexts if c.get("name") == name), None) if name else active
-    ctx = (chosen or {}).get("context") or {}
-    return (chosen or {}).get("name", ""), ctx.get("namespace") or "default"
+Session = kube.Connection  # what a scan runs against
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> Session:
-    """An API client from a kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``), or the
-    in-cluster service account when neither flag is given and ``KUBERNETES_SERVICE_HOST`` is set."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException as exc:
-            raise ClusterError(f"in-cluster configuration: {exc}") from None
-        ns = SA_NAMESPACE.read_text().strip() if SA_NAMESPACE.is_file() else "default"
-        return Session(client.ApiClient(cfg), cfg.host, ns, "in-cluster")
-    path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-    files = [Path(p).expanduser() for p in path.split(os.pathsep) if p]
-    if not any(f.is_file() for f in files):
-        raise ClusterError(f"no kubeconfig at {path} (and not running in a pod): pass --kubeconfig or set KUBECONFIG")
+    """The connection ``webhook.kube.client.load`` picks (its precedence rule); ``ClusterError`` when none."""
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=path)
-        names = [c.get("name") for c in contexts or []]
-        if context is not None and context not in names:
-            raise ClusterError(f"context {context!r} not found in {path} (contexts: {', '.join(names) or 'none'})")
-        name, namespace = _context_namespace(contexts or [], context, active)
-        config.load_kube_config(config_file=path, context=context, client_configuration=cfg, persist_config=False)
-    except config.ConfigException as exc:
-        raise ClusterError(f"kubeconfig {path}: {' '.join(str(exc).split())}") from None
-    return Session(client.ApiClient(cfg), cfg.host, namespace, name)
-
-
-def _status_message(exc: Any) -> str:
-    try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason or "")
+        session = kube.load(kubeconfig, context)
+    except kube.ConfigError as exc:
+        raise ClusterError(str(exc)) from None
+    if session is None:
+        raise ClusterError(kube.NO_CLUSTER)
+    return session
 
 
 @dataclass
 class Scan:
-    """One read-only pass over a cluster: ``discover()``, then ``namespaces()`` and ``objects()``.
+    """One read-only pass over a cluster: ``discover()``, then ``namespaces()``, ``nodes()`` and ``objects()``.
 
     ``namespace`` None lists every namespace. Problems that end the scan raise ``ClusterError``; ones
     that only lose a resource (403, an expired continue token) go to ``errors`` (and ``on_error``).
@@ -158,35 +108,17 @@ class Scan:
         return f"in namespace {self.namespace}" if self.namespace else "at cluster scope (all namespaces)"
 
     def _get(self, call: Callable[..., Any], what: str, **kw: Any) -> dict[str, Any]:
-        """One GET through the client, parsed as JSON; connection problems raise ClusterError."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
+        """One GET through the client, parsed as JSON; no answer or bad credentials raise ClusterError,
+        other HTTP errors stay ``ApiException`` (the caller knows what they mean for the scan)."""
         self.requests += 1
         try:
-            resp = call(_preload_content=False, _request_timeout=TIMEOUT, **kw)
-            try:
-                data = resp.data
-            finally:
-                resp.release_conn()
-        except ApiException as exc:
-            if exc.status == 0:  # TLS and transport errors are wrapped with status 0
-                raise ClusterError(f"cannot reach the API server at {self.session.host}: {exc.reason}") from None
-            if exc.status == 401:
-                raise ClusterError(
-                    f"unauthorized: the API server at {self.session.host} rejected the credentials "
-                    f"of context {self.session.context!r} ({_status_message(exc)})"
-                ) from None
-            raise
-        except HTTPError as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ClusterError(
-                f"cannot reach the API server at {self.session.host} ({what}): {' '.join(str(reason).split())}"
-            ) from None
-        try:
-            body = json.loads(data)
+            body = kube.call_json(call, TIMEOUT, **kw)
         except ValueError as exc:
             raise ClusterError(f"{what}: the API server answered with something that is not JSON: {exc}") from None
+        except Exception as exc:
+            if kube.is_transport(exc) or kube.status_of(exc) == 401:
+                raise ClusterError(kube.describe(exc, self.session.host, what)) from None
+            raise
         return body if isinstance(body, dict) else {}
 
     # ---------------------------------------------------------------- discovery
@@ -200,7 +132,7 @@ class Scan:
             self._get(client.CoreApi(self.session.api).get_api_versions, "GET /api")
             groups = self._get(client.ApisApi(self.session.api).get_api_versions, "GET /apis").get("groups") or []
         except ApiException as exc:
-            raise ClusterError(f"API discovery failed: HTTP {exc.status} {_status_message(exc)}") from None
+            raise ClusterError(f"API discovery failed: {kube.describe(exc, self.session.host)}") from None
         served = {g.get("name"): g for g in groups if isinstance(g, dict)}
         custom = client.CustomObjectsApi(self.session.api)
         resources: dict[str, set[str] | None] = {}
@@ -235,7 +167,7 @@ class Scan:
                 except ApiException as exc:  # 404: listed in /apis but not served (stale discovery, CRD gone)
                     cache[key] = None
                     if exc.status not in (404, 503):
-                        self._error(f"discovery of {key}: HTTP {exc.status} {_status_message(exc)}")
+                        self._error(kube.describe(exc, self.session.host, f"discovery of {key}"))
             if cache[key] and ak.plural in cache[key]:
                 return version
         return None
@@ -269,24 +201,33 @@ class Scan:
             return lambda **kw: custom.list_cluster_custom_object(ak.group, version, ak.plural, **kw)
         return lambda **kw: custom.list_namespaced_custom_object(ak.group, version, ns, ak.plural, **kw)
 
-    def _pages(self, ak: ApiKind, version: str) -> Iterator[dict[str, Any]]:
+    def _pages(self, ak: ApiKind, version: str, call: Callable[..., Any] | None = None) -> Iterator[dict[str, Any]]:
         from kubernetes.client.exceptions import ApiException
 
-        call = self._lister(ak, version)
         api_version = f"{ak.group}/{version}" if ak.group else version
-        token: str | None = None
         count = 0
+        pages = kube.pages(call or self._lister(ak, version), self.chunk_size, TIMEOUT)
         while True:
-            kw: dict[str, Any] = {"limit": self.chunk_size}
-            if token:
-                kw["_continue"] = token
+            self.requests += 1
             try:
-                page = self._get(call, f"list {ak.resource}", **kw)
+                page = next(pages)
+            except StopIteration:
+                self.requests -= 1  # the last page said there is no more: no request was made
+                return
             except ApiException as exc:
+                if kube.is_transport(exc) or exc.status == 401:
+                    raise ClusterError(kube.describe(exc, self.session.host, f"list {ak.resource}")) from None
                 self._error(self._list_error(ak, exc, count))
                 return
-            items = page.get("items") or []
-            for item in items:
+            except ValueError as exc:
+                raise ClusterError(
+                    f"list {ak.resource}: the API server answered with something that is not JSON: {exc}"
+                ) from None
+            except Exception as exc:
+                if kube.is_transport(exc):
+                    raise ClusterError(kube.describe(exc, self.session.host, f"list {ak.resource}")) from None
+                raise
+            for item in page.get("items") or []:
                 if not isinstance(item, dict):
                     continue
                 item.setdefault("apiVersion", api_version)  # list items usually omit them
@@ -296,9 +237,6 @@ class Scan:
                 yield item
             if self.on_page:
                 self.on_page(ak, count)
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return
 
     def _list_error(self, ak: ApiKind, exc: Any, count: int) -> str:
         if exc.status == 403:
@@ -308,7 +246,7 @@ class Scan:
                 f"list {ak.resource} {self._where()}: the continue token expired after {count} objects "
                 f"(410 Gone); the rest of them are not audited, re-run with a larger --chunk-size"
             )
-        return f"cannot list {ak.resource} {self._where()}: HTTP {exc.status} {_status_message(exc)}"
+        return kube.describe(exc, self.session.host, f"cannot list {ak.resource} {self._where()}")
 
     def namespaces(self) -> Iterator[dict[str, Any]]:
         """The Namespace objects in scope (their labels feed team tolerations); a note when not readable."""
@@ -330,3 +268,19 @@ class Scan:
         """Every object of every served kind, owners first, page by page."""
         for ak, version in self._served or self.discover():
             yield from self._pages(ak, version)
+
+    def nodes(self) -> Iterator[dict[str, Any]]:
+        """Every Node, page by page (cluster-scoped, whatever the namespace scope): where pods run, their
+        zones and taints. Not readable (403): a note, and the placement audit goes on without zones or taints."""
+        from kubernetes import client
+
+        nodes = ApiKind("", "Node", "nodes", ("v1",))
+        errors = len(self.errors)
+        before, on_error = self.namespace, self.on_error
+        self.namespace, self.on_error = None, None  # nodes are cluster-scoped; a failure is a note
+        try:
+            yield from self._pages(nodes, "v1", client.CoreV1Api(self.session.api).list_node)
+        finally:
+            self.namespace, self.on_error = before, on_error
+        if len(self.errors) > errors:  # keep a 403 on nodes a note: it loses zones and taints, not objects
+            self.notes.append(f"{self.errors.pop()}: zones and node taints are unknown in the placement audit")
