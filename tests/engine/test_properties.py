@@ -571,11 +571,14 @@ def test_generated_workloads(g: Generated) -> None:
         or g.gpu
         or WORKLOAD_KEY in {**g.obj["metadata"]["labels"], **before["metadata"]["labels"]}
     )
-    assert bool(decision.policies) == expected_match, f"policies matched: {decision.policies}"
-    if not decision.policies:
-        assert decision.patch == [], "no policy matched, yet the object was changed"
+    # the isolation policy matches every object; only the spreading policies depend on GPUs and class
+    assert "isolation" in decision.policies, f"policies matched: {decision.policies}"
+    spreading = [p for p in decision.policies if p != "isolation"]
+    assert bool(spreading) == expected_match, f"policies matched: {decision.policies}"
+    if not spreading:
+        assert all("/tolerations" in op["path"] for op in decision.patch), "isolation alone changed placement"
         return
-    assert decision.policies == [g.workload_class]
+    assert spreading == [g.workload_class]
 
     had = _spreading(before, g.pod_labels, HOSTNAME)
     now = _spreading(after, g.pod_labels, HOSTNAME)

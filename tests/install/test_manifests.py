@@ -204,7 +204,8 @@ def test_webhooks_carry_every_exclusion_and_setting(name: str) -> None:
         for rule in hook["rules"]:
             assert rule["scope"] == "Namespaced", where
             assert "*" not in rule["resources"] and "*" not in rule["apiGroups"], where
-            wanted = {"CREATE"} if rule["resources"] == ["pods"] else {"CREATE", "UPDATE"}
+            pod_update = kind == "ValidatingWebhookConfiguration"  # judges tolerations added to existing pods
+            wanted = {"CREATE"} if rule["resources"] == ["pods"] and not pod_update else {"CREATE", "UPDATE"}
             assert set(rule["operations"]) == wanted, where
 
 
@@ -301,6 +302,48 @@ def test_match_conditions_skip_daemonset_pods_and_system_users_only() -> None:
             owned_by_rs = _pod_request()
             owned_by_rs["object"]["metadata"]["ownerReferences"][0]["kind"] = "ReplicaSet"
             assert _sent(programs, owned_by_rs)
+            for forger in ("mallory", "system:serviceaccount:kube-system:job-controller"):  # an owner anyone can write
+                forged = _pod_request(userInfo={"username": forger})
+                assert _sent(programs, forged), f"{kind} {hook['name']}: a DaemonSet owner claimed by {forger} skipped"
+
+
+def _pod_update(old_tolerations: list | None, new_tolerations: list | None, **meta: Any) -> dict:
+    old = _pod_request(userInfo={"username": "mallory"})["object"]
+    old["metadata"].pop("ownerReferences")
+    new = json.loads(json.dumps(old))
+    new["metadata"].update(meta)
+    for pod, tolerations in ((old, old_tolerations), (new, new_tolerations)):
+        if tolerations is not None:
+            pod["spec"]["tolerations"] = tolerations
+    return _pod_request(operation="UPDATE", userInfo={"username": "mallory"}, object=new, oldObject=old)
+
+
+FOREIGN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "nlp", "effect": "NoSchedule"}
+OWN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "meta", "sent"),
+    [
+        (None, [FOREIGN], {}, True),  # tolerations added to a pod that had none
+        ([OWN], [OWN, FOREIGN], {}, True),  # one more
+        ([OWN], [OWN], {"labels": {"a": "b"}}, False),  # a label change: not sent
+        (None, None, {"finalizers": ["x"]}, False),  # neither has tolerations
+    ],
+    ids=["added-to-none", "appended", "label-only", "finalizer-only"],
+)
+def test_pod_updates_reach_validation_only_when_tolerations_change(old: Any, new: Any, meta: dict, sent: bool) -> None:
+    """cel-python: the validating pods hook gets a pod UPDATE exactly when the tolerations differ; the mutating
+    hooks never get pod UPDATEs (spreadguard adds nothing to an existing pod)."""
+    request = _pod_update(old, new, **meta)
+    for kind, hook in hooks(render()):
+        if not any("pods" in rule["resources"] for rule in hook["rules"]):
+            continue
+        covered = any("UPDATE" in rule["operations"] for rule in hook["rules"])
+        if kind == "MutatingWebhookConfiguration":
+            assert not covered, hook["name"]
+        else:
+            assert covered and _sent(_condition_programs(hook), request) is sent, hook["name"]
 
 
 def test_own_namespace_is_excluded_twice() -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import exemptions, model, workloads
+from webhook.engine import exemptions, model, owners, podspec, workloads
+from webhook.engine.ids import ISOLATION_RULE_IDS
 from webhook.engine.model import Workload, WorkloadFacts
 from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
 from webhook.engine.policy import Policy, effective_mode, matches
@@ -68,16 +69,28 @@ class Decision:
         return [v.text() for v in self.advisories] + self.dryrun + self.info
 
 
-def _team(obj: dict[str, Any], template: dict[str, Any], policy: Policy, ctx: Context) -> str | None:
-    """Team: the pod template's label, the object's label, the policy's namespace map, the namespace label."""
+def namespace_team(policy: Policy, ctx: Context) -> tuple[str | None, str]:
+    """The team that owns the request's namespace and where that comes from: the policy's namespace
+    map, else the namespace's own ``spreadguard.io/team`` label; (None, "") when it has none."""
+    cfg = policy.spec.mutate.teamTolerations
+    if cfg and ctx.namespace in cfg.namespaceTeams:
+        return cfg.namespaceTeams[ctx.namespace], f"policy {policy.name} namespaceTeams"
+    label = ctx.namespace_labels.get(workloads.TEAM_LABEL)
+    if isinstance(label, str) and label:
+        return label, f"namespace label {workloads.TEAM_LABEL}"
+    return None, ""
+
+
+def _team(obj: dict[str, Any], template: dict[str, Any], ns_team: str | None) -> str | None:
+    """Team: the namespace's (authoritative); only where the namespace has none, the pod template's
+    label, then the object's label."""
+    if ns_team:
+        return ns_team
     for meta in (template.get("metadata"), obj.get("metadata")):
         labels = meta.get("labels") if isinstance(meta, dict) else None
         if isinstance(labels, dict) and labels.get(workloads.TEAM_LABEL):
             return str(labels[workloads.TEAM_LABEL])
-    cfg = policy.spec.mutate.teamTolerations
-    if cfg and ctx.namespace in cfg.namespaceTeams:
-        return cfg.namespaceTeams[ctx.namespace]
-    return ctx.namespace_labels.get(workloads.TEAM_LABEL) or None
+    return None
 
 
 def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
@@ -91,6 +104,16 @@ def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
     if not group.path:  # a Pod's spec is immutable after creation
         return False
     return bool(workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path))
+
+
+def _added_tolerations(obj: dict[str, Any], workload: Workload, ctx: Context) -> set[str] | None:
+    """On a Pod UPDATE: the paths of tolerations the update adds (Kubernetes lets tolerations be added to an
+    existing pod; nothing else about its placement can change). None for anything else."""
+    if ctx.operation != "UPDATE" or ctx.old_object is None or workload.kind.kind != "Pod" or workload.kind.group:
+        return None
+    old = podspec.tolerations(podspec.spec_of(ctx.old_object))
+    new = podspec.tolerations(podspec.spec_of(obj))
+    return {workloads.format_path(("spec", "tolerations", i)) for i, tol in enumerate(new) if tol not in old}
 
 
 def _clone(value: Any) -> Any:
@@ -153,6 +176,7 @@ def _targets(
     exempt: frozenset[str],
 ) -> list[Target]:
     """One target per group (``only`` those, when given), bound to its template inside ``copy``."""
+    ns_team, source = namespace_team(policy, ctx)
     return [
         Target(
             obj=copy,
@@ -160,12 +184,14 @@ def _targets(
             group=group,
             template=template,
             workload_class=workload.workload_class,
-            team=_team(copy, template, policy, ctx),
+            team=_team(copy, template, ns_team),
             gpu=facts.gpu_by_group.get(group.path, False),
             policy_name=policy.name,
             policy=policy.spec,
             context=ctx,
             exempt=exempt,
+            namespace_team=ns_team,
+            namespace_team_source=source,
         )
         for group, template in workload.templates_in(copy, only)
     ]
@@ -185,6 +211,8 @@ def _mutate(targets: list[Target]) -> list[str]:
 
 def _action(policy: Policy, rule_id: str, default: str) -> str:
     cfg = policy.spec.rules.get(rule_id)
+    if cfg is None and policy.spec.onlyListedRules:
+        return "off"
     return cfg.action if cfg else default
 
 
@@ -249,7 +277,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     decision = Decision(mutated=obj)
     if ctx.operation not in ACTING_OPERATIONS:
         return decision
-    workload = model.read(obj, ctx.namespace)
+    workload = model.read(obj, ctx.namespace, owners.trusted_per_node(obj, ctx))
     if workload is None:
         return decision
     namespace = workload.namespace
@@ -265,8 +293,9 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
 
     mutated = _working_copy(obj)
     touched = [m.group for m in workload.groups if _touched(m.group, obj, ctx)]
+    added = _added_tolerations(obj, workload, ctx)  # a Pod UPDATE: only the isolation of new tolerations
     run = _Run()
-    owners: set[str] = set()
+    placement_owners: set[str] = set()
 
     for policy in sorted(policies, key=lambda p: p.name):
         facts = workload.facts(policy.spec.gpuResources)
@@ -283,13 +312,20 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
             decision.dryrun_patch.extend(_diff(mutated, scratch))
         else:
             targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt)
-            owners |= {t.placement_owner for t in targets if t.placement_owner}
+            placement_owners |= {t.placement_owner for t in targets if t.placement_owner}
             decision.notes.extend(_mutate(targets))
         for rule_id, action, target, f in _check(_targets(mutated, workload, None, facts, policy, ctx, exempt), policy):
-            denies = mode == "enforce" and action == "deny" and target.group in touched
+            if added is None:
+                denies = mode == "enforce" and action == "deny" and target.group in touched
+            elif rule_id in ISOLATION_RULE_IDS:
+                denies = mode == "enforce" and action == "deny" and f.path in added
+            else:
+                continue  # a pod's other fields cannot change after creation: nothing new to judge
             run.add(rule_id, policy.name, f.path, f.message, denies)
 
-    decision.info.extend(f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(owners))
+    decision.info.extend(
+        f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(placement_owners)
+    )
     for denies, v in run.findings.values():
         (decision.violations if denies else decision.advisories).append(v)
     decision.patch = _diff(obj, mutated)

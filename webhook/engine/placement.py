@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from webhook.engine import podspec
@@ -97,6 +98,16 @@ class ClusterView:
     @property
     def node_count(self) -> int:
         return sum(c.count for c in self.classes)
+
+    @cached_property
+    def _taints_by_host(self) -> dict[str, tuple[tuple[str, str, str], ...]]:
+        # built once per snapshot (the caches swap in a new view on every change), on first use
+        return {host: c.taints for c in self.classes for host in c.hostnames}
+
+    def taints_of(self, node: str) -> tuple[tuple[str, str, str], ...] | None:
+        """The taints of the schedulable node named ``node`` (by its hostname label, which the kubelet sets
+        to the node name unless overridden), or None when the view does not know it."""
+        return self._taints_by_host.get(node)
 
 
 def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:

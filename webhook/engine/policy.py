@@ -89,7 +89,13 @@ class TeamTolerations(_Strict):
     )
     borrowingPriorityClasses: list[str] = Field(
         default_factory=list,
-        description="Pods of these priority classes tolerate every team's taint (borrow idle capacity).",
+        description="Pods of these priority classes tolerate every team's taint (borrow idle capacity), in the "
+        "namespaces of borrowingNamespaces.",
+    )
+    borrowingNamespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespace globs whose pods may borrow (use a borrowing priority class); elsewhere a borrowing "
+        "priority class gets the own team's toleration only. Empty: nobody borrows.",
     )
 
 
@@ -174,6 +180,11 @@ class PolicySpec(_Strict):
     mutate: Mutations = Field(default_factory=Mutations)
     rules: dict[RuleId, RuleConfig] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Per rule id: its action."
+    )
+    onlyListedRules: bool = Field(
+        False,
+        description="Run only the rules listed in rules (a policy for one concern, e.g. team isolation); "
+        "otherwise every rule runs with its default action unless listed.",
     )
     exemptions: Exemptions = Field(default_factory=Exemptions)  # type: ignore[arg-type]
 
