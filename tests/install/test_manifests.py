@@ -484,6 +484,25 @@ def test_probes_and_server_command_line() -> None:
     assert items == {"tls.crt", "tls.key", "ca.crt"}, "the server gets no ca.key"
 
 
+@pytest.mark.parametrize("name", ["manifests", "dryrun", "cert-manager"])
+def test_grant_key_is_a_secret_only_the_server_reads(name: str) -> None:
+    objects = render(name)
+    server = container(objects, "webhook")
+    args = cli_args(server)
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
+    mount = mounts["grant-key"]
+    secret = volumes["grant-key"]["secret"]
+    assert mount["readOnly"] is True and args.grant_key == f"{mount['mountPath']}/key"
+    assert secret["secretName"] == "spreadguard-grant-key" and secret["optional"] is True
+    assert secret["items"] == [{"key": "key", "path": "key"}]
+    assert not any(secret["secretName"] == o["metadata"]["name"] for o in all_of(objects, "Secret")), "no key shipped"
+    for role, rule in _rules(objects):
+        if "secrets" in rule["resources"] and set(rule["verbs"]) & {"get", "list", "watch"}:
+            names = rule.get("resourceNames") or []
+            assert names and "spreadguard-grant-key" not in names, f"{role['metadata']['name']} can read the key"
+
+
 @pytest.mark.parametrize("where", ["init", "cronjob"])
 def test_bootstrap_command_matches_the_objects_it_manages(where: str) -> None:
     objects = render()

@@ -7,6 +7,7 @@ A case file holds a list of cases::
       resource: examples/pytorchjob.yaml      # a path (relative to the repo/case file) or an inline object
       request: {operation: CREATE, username: alice, groups: [ml-team]}   # optional
       # request.nodes: [{name, labels, taints, allocatable, unschedulable}] gives a cluster view
+      # request.grantKey: the key that signs exemption grants (as `serve --grant-key` reads it from a file)
       expect:
         allowed: true                          # or false
         violations: [single-node-pinning]      # rule ids that deny (exactly these, any order)
@@ -123,6 +124,7 @@ def case_context(case: dict[str, Any], obj: dict[str, Any], base: Path) -> Conte
         namespace_labels=req.get("namespaceLabels") or {},
         old_object=load_resource(req["oldObject"], base) if req.get("oldObject") else None,
         cluster=_cluster(req["nodes"]) if "nodes" in req else None,
+        grant_key=str(req["grantKey"]).encode() if req.get("grantKey") else None,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import exemptions, model, owners, podspec, workloads
+from webhook.engine import exemptions, grants, model, owners, podspec, workloads
 from webhook.engine.ids import ISOLATION_RULE_IDS
 from webhook.engine.model import Workload, WorkloadFacts
 from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
@@ -173,7 +173,7 @@ def _targets(
     facts: WorkloadFacts,
     policy: Policy,
     ctx: Context,
-    exempt: frozenset[str],
+    exempt: _Exempt,
 ) -> list[Target]:
     """One target per group (``only`` those, when given), bound to its template inside ``copy``."""
     ns_team, source = namespace_team(policy, ctx)
@@ -189,7 +189,8 @@ def _targets(
             policy_name=policy.name,
             policy=policy.spec,
             context=ctx,
-            exempt=exempt,
+            exempt=exempt.ids,
+            exempt_stamp=exempt.stamp,
             namespace_team=ns_team,
             namespace_team_source=source,
         )
@@ -241,31 +242,52 @@ class _Run:
             self.findings[key] = (denies, Violation(rule_id, policy, path, message))
 
 
+@dataclass(frozen=True)
+class _Exempt:
+    """What an object is exempted from under one policy, and the grant to record in its pod templates."""
+
+    ids: frozenset[str] = frozenset()
+    stamp: tuple[str, str] | None = None  # (the exempt annotation, its grant) for exemption-inheritance
+
+
 def _exemption(
-    obj: dict[str, Any], policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision
-) -> frozenset[str]:
+    obj: dict[str, Any], workload: Workload, policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision
+) -> _Exempt:
     """The ids this object is exempted from under ``policy``; records grants and refusals."""
-    req = exemptions.requested(obj)
+    templates = [m.template for m in workload.groups if m.group.path and isinstance(m.template, dict)]
+    req = exemptions.requested(obj, templates)
     if req is None:
-        return frozenset()
+        return _Exempt()
     unknown = sorted(req.ids - set(RULE_IDS) - set(MUTATOR_IDS))
     if unknown:
         decision.info.append(
             f"{exemptions.EXEMPT} names unknown id(s) {', '.join(unknown)}; known: {', '.join(RULE_IDS + MUTATOR_IDS)}"
         )
-    verdict = exemptions.authorize(req, policy, ctx, obj)
+    verdict = exemptions.authorize(req, policy, ctx, obj, workload.kind)
     if verdict.granted:
         decision.exemptions.append(
             f"{policy.name}: {','.join(sorted(req.ids))} granted to {verdict.how}"
             + (f" (reason: {req.reason})" if req.reason else "")
         )
-        return req.ids
+        stamp = None
+        if verdict.stamp and not exemptions.deployment_replicaset(obj, workload.kind):
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            if ctx.grant_key and name:
+                grant = grants.sign(
+                    ctx.grant_key, workload.namespace, workload.kind.group, workload.kind.kind, name, req.ids
+                )
+                stamp = (req.raw, grant)
+            else:
+                why = "no grant key is configured" if not ctx.grant_key else "the object has no name yet"
+                decision.info.append(f"exemption not passed on to the pods of {workload.kind.kind}: {why}")
+        return _Exempt(req.ids, stamp)
     for rule_id, rule in EXEMPTION_RULES.items():
         action = _action(policy, rule_id, rule.DEFAULT_ACTION)
         if action != "off" and rule.applies(set(req.ids)):
             msg = exemptions.message(req, verdict, policy)
-            run.add(rule_id, policy.name, exemptions.PATH, msg, mode == "enforce" and action == "deny")
-    return frozenset()
+            denies = mode == "enforce" and action == "deny" and not verdict.advisory
+            run.add(rule_id, policy.name, exemptions.PATH, msg, denies)
+    return _Exempt()
 
 
 def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy]) -> Decision:
@@ -304,7 +326,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         mode = ctx.force_mode or effective_mode(policy, namespace, ctx.namespace_labels)
         decision.policies.append(policy.name)
         decision.modes[policy.name] = mode
-        exempt = _exemption(obj, policy, ctx, mode, run, decision)
+        exempt = _exemption(obj, workload, policy, ctx, mode, run, decision)
         if mode == "dryrun":
             scratch = _working_copy(mutated)
             would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt))

@@ -27,6 +27,8 @@ class Context:
     old_object: dict[str, Any] | None = None
     cluster: ClusterView | None = None  # the caches' snapshot; None offline (spec-only decisions)
     force_mode: str | None = None  # every policy in this mode (audit: "what would enforce do")
+    # the key that signs and checks exemption grants (webhook/engine/grants.py); None: nothing is inherited
+    grant_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Target:
     policy: PolicySpec
     context: Context
     exempt: frozenset[str] = frozenset()  # rule and mutator ids this object is exempted from
+    exempt_stamp: tuple[str, str] | None = None  # (exempt annotation, signed grant) to record in the template
     namespace_team: str | None = None  # the team the namespace belongs to (policy map or namespace label)
     namespace_team_source: str = ""  # where namespace_team comes from, for messages
 
