@@ -147,7 +147,14 @@ def test_object_validates_against_the_kubernetes_schema(name: str, index: int) -
 
 
 def test_every_namespaced_object_is_in_spreadguards_namespace() -> None:
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", *WEBHOOK_KINDS}
+    cluster_scoped = {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        *WEBHOOK_KINDS,
+    }
     for name in RENDERS:
         for obj in render(name):
             if obj["kind"] not in cluster_scoped:
@@ -569,9 +576,14 @@ def test_dryrun_overlay_puts_every_policy_in_dryrun() -> None:
     objects = render("dryrun")
     volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "policies")
     assert volume["configMap"]["name"] == one(objects, "ConfigMap")["metadata"]["name"]
-    assert [o for o in render("dryrun") if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"] == [
-        o for o in render() if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"
-    ]
+    differ = {"ConfigMap", "Deployment", "ValidatingAdmissionPolicyBinding"}
+    assert [o for o in render("dryrun") if o["kind"] not in differ] == [o for o in render() if o["kind"] not in differ]
+    # the isolation backstop only records (API server audit log) what it would deny
+    bindings = {b["metadata"]["name"]: b["spec"] for b in all_of(render("dryrun"), "ValidatingAdmissionPolicyBinding")}
+    base = {b["metadata"]["name"]: b["spec"] for b in all_of(render(), "ValidatingAdmissionPolicyBinding")}
+    assert bindings and set(bindings) == set(base)
+    for name, spec in bindings.items():
+        assert spec == {**base[name], "validationActions": ["Audit"]}, name
 
 
 def test_dryrun_copies_keep_the_text_and_change_every_mode() -> None:
