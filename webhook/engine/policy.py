@@ -154,7 +154,8 @@ class Exemptions(_Strict):
     controllers: list[str] = Field(
         default_factory=lambda: ["system:serviceaccount:kube-system:*"],
         description="Username globs of controllers whose objects (with a controller ownerReference) inherit an "
-        "exemption carried by their pod template; add your operators, e.g. system:serviceaccount:kubeflow:*.",
+        "exemption when the grant they carry (spreadguard.io/exempt-grant) verifies for that owner; add your "
+        "operators, e.g. system:serviceaccount:kubeflow:*.",
     )
     requireReason: bool = Field(True, description="An exemption needs spreadguard.io/exempt-reason.")
 
