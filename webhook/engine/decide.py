@@ -11,6 +11,7 @@ would add and reject is reported as warnings and audit annotations.
 
 from __future__ import annotations
 
+import json
 import marshal
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -111,9 +112,14 @@ def _added_tolerations(obj: dict[str, Any], workload: Workload, ctx: Context) ->
     existing pod; nothing else about its placement can change). None for anything else."""
     if ctx.operation != "UPDATE" or ctx.old_object is None or workload.kind.kind != "Pod" or workload.kind.group:
         return None
-    old = podspec.tolerations(podspec.spec_of(ctx.old_object))
+    # compared by canonical JSON in a set: linear, however many tolerations a request carries
+    old = {json.dumps(t, sort_keys=True) for t in podspec.tolerations(podspec.spec_of(ctx.old_object))}
     new = podspec.tolerations(podspec.spec_of(obj))
-    return {workloads.format_path(("spec", "tolerations", i)) for i, tol in enumerate(new) if tol not in old}
+    return {
+        workloads.format_path(("spec", "tolerations", i))
+        for i, tol in enumerate(new)
+        if json.dumps(tol, sort_keys=True) not in old
+    }
 
 
 def _clone(value: Any) -> Any:
