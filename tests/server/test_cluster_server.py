@@ -65,6 +65,7 @@ def fake() -> Iterator[FakeApi]:
     for i in range(4):
         api.put("nodes", node(f"gpu-{i}"))
     api.put("nodes", node("nlp-0", team="nlp"))
+    api.put("nodes", node("nlp-cordoned", team="nlp", unschedulable=True))
     api.put("namespaces", namespace("ml", **{TEAM: "vision"}))
     api.serve()
     yield api
@@ -94,7 +95,7 @@ def cluster_server(fake: FakeApi, tls_files: TLSFiles, tmp_path: Path) -> Iterat
 def test_readyz_reports_the_cache(cluster_server: Server) -> None:
     cluster = cluster_server.get("/readyz").json()["cluster"]
     assert cluster["synced"] is True
-    assert cluster["nodes"] == 5 and cluster["namespaces"] == 1
+    assert cluster["nodes"] == 6 and cluster["namespaces"] == 1  # one of them cordoned
 
 
 def test_shortage_downgrade_through_the_server(cluster_server: Server) -> None:
@@ -170,5 +171,7 @@ def test_isolation_from_the_watched_namespace_and_nodes(cluster_server: Server) 
         walk["allowed"] is False
         and "[node-name-taint] spec.nodeName: group pod (1 replica) names node nlp-0" in walk["status"]["message"]
     )
+    cordoned = cluster_server.post("/validate", _pod_review("c", {}, {"nodeName": "nlp-cordoned"})).json()["response"]
+    assert cordoned["allowed"] is False and "names node nlp-cordoned" in cordoned["status"]["message"]
     own = cluster_server.post("/validate", _pod_review("own", {}, {"nodeName": "gpu-0"})).json()["response"]
     assert own["allowed"] is True

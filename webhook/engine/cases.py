@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from webhook.engine.decide import Decision, evaluate
-from webhook.engine.placement import ClusterView, classify, node_from_api
+from webhook.engine.placement import ClusterView, classify_records, cordoned, node_from_api, record
 from webhook.engine.policy import Policy
 from webhook.engine.target import Context
 
@@ -108,7 +108,8 @@ def _cluster(nodes: list[dict[str, Any]]) -> ClusterView:
         )
         for i, n in enumerate(nodes)
     ]
-    return ClusterView(synced=True, classes=classify(infos))
+    records = [record(n) for n in infos]
+    return ClusterView(synced=True, classes=classify_records(records), cordoned=cordoned(records))
 
 
 def case_context(case: dict[str, Any], obj: dict[str, Any], base: Path) -> Context:
