@@ -244,25 +244,17 @@ def _validations(policy: Policy, rules: list[str]) -> list[dict[str, str]]:
 
 
 def _mode_conditions(policy: Policy) -> list[dict[str, str]]:
-    """Keep the Deny binding out of namespaces where the webhook would not enforce this policy."""
+    """Keep the Deny binding out of namespaces where the webhook would not enforce this policy: its
+    ``namespaceModes`` (first match wins, as in ``policy.effective_mode``) and, when the policy lets it
+    loosen, the namespace label ``spreadguard.io/mode``."""
     spec = policy.spec
     out = []
-    looser = [g for entry in spec.namespaceModes if entry.mode != "enforce" for g in entry.namespaces]
-    # namespaceModes: first match wins; a namespace matched earlier by an enforce entry is still enforced
-    enforced_first: list[str] = []
-    for entry in spec.namespaceModes:
-        if entry.mode == "enforce":
-            enforced_first.extend(entry.namespaces)
-        else:
-            break
-    looser = [g for g in looser if g not in enforced_first]
-    if looser:
-        out.append(
-            {
-                "name": "namespace-mode-enforce",
-                "expression": "!" + _any_glob("namespaceObject.metadata.name", looser),
-            }
-        )
+    if spec.namespaceModes:
+        name = "namespaceObject.metadata.name"
+        expr = "true"  # no entry matches: spec.mode, which is enforce here
+        for entry in reversed(spec.namespaceModes):
+            expr = f"{_any_glob(name, entry.namespaces)} ? {str(entry.mode == 'enforce').lower()} : ({expr})"
+        out.append({"name": "namespace-mode-enforce", "expression": expr})
     if spec.allowNamespaceOverride:
         label = cel_string(MODE_LABEL)
         loose = _cel_list([m for m, s in MODE_STRICTNESS.items() if s < MODE_STRICTNESS["enforce"]])
