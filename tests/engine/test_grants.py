@@ -57,3 +57,18 @@ def test_add_keeps_the_first_grants_and_is_idempotent() -> None:
     assert value == f"{owner} {own}" and grants.add(value, own) == value
     full = grants.add(" ".join(f"v1:{i}" for i in range(6)), own)
     assert full.split() == ["v1:0", "v1:1", "v1:2", own]
+
+
+def test_the_grant_annotation_passes_the_api_servers_annotation_validation() -> None:
+    """apimachinery ValidateAnnotations: keys are qualified names (optional DNS-1123 subdomain prefix of at most
+    253 characters, "/", a name of at most 63 characters of [A-Za-z0-9-_.] beginning and ending alphanumeric);
+    all annotations of an object together at most 256 KiB (the grant list is bounded far below)."""
+    import re
+
+    prefix, _, name = grants.GRANT.partition("/")
+    assert len(prefix) <= 253 and re.fullmatch(
+        r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", prefix
+    )
+    assert len(name) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", name)
+    full = " ".join(grants.sign(KEY, "ml", "batch", "Job", f"j{i}", BOUND[4]) for i in range(grants.MAX_GRANTS))
+    assert grants.split(full) == full.split() and len(full) < 256 * 1024
