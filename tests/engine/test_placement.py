@@ -140,13 +140,20 @@ def test_unknown_cluster_means_spec_only() -> None:
     assert "cluster view not synced (API unreachable): decided from the spec alone" in unsynced.info
 
 
-def test_team_comes_from_the_namespace_label_after_the_workload_label() -> None:
+def test_team_comes_from_the_namespace_label_before_the_workload_label() -> None:
     obj = yaml.safe_load((REPO / "examples" / "job.yaml").read_text())
     del obj["spec"]["template"]["metadata"]["labels"][TEAM]
     cluster = view(node("a1"), namespaces={"ml": {TEAM: "speech"}})
     d = evaluate(obj, Context(namespace="ml", cluster=cluster), POLICIES)
     tolerations = d.mutated["spec"]["template"]["spec"]["tolerations"]
     assert {"key": TEAM, "operator": "Equal", "value": "speech", "effect": "NoSchedule"} in tolerations
-    obj["spec"]["template"]["metadata"]["labels"][TEAM] = "vision"  # the workload's own label wins
+    obj["spec"]["template"]["metadata"]["labels"][TEAM] = "vision"  # the namespace's team wins over the label
     d = evaluate(obj, Context(namespace="ml", cluster=cluster), POLICIES)
+    assert [t["value"] for t in d.mutated["spec"]["template"]["spec"]["tolerations"]] == ["speech"]
+    assert [(v.rule, v.path) for v in d.violations] == [
+        ("team-label-claim", "spec.template.metadata.labels[spreadguard.io/team]")
+    ]
+    assert "namespace ml belongs to team speech (namespace label spreadguard.io/team)" in d.violations[0].message
+    d = evaluate(obj, Context(namespace="sandbox", cluster=cluster), POLICIES)  # a namespace without a team
     assert [t["value"] for t in d.mutated["spec"]["template"]["spec"]["tolerations"]] == ["vision"]
+    assert d.allowed

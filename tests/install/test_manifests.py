@@ -147,7 +147,14 @@ def test_object_validates_against_the_kubernetes_schema(name: str, index: int) -
 
 
 def test_every_namespaced_object_is_in_spreadguards_namespace() -> None:
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", *WEBHOOK_KINDS}
+    cluster_scoped = {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        *WEBHOOK_KINDS,
+    }
     for name in RENDERS:
         for obj in render(name):
             if obj["kind"] not in cluster_scoped:
@@ -204,7 +211,8 @@ def test_webhooks_carry_every_exclusion_and_setting(name: str) -> None:
         for rule in hook["rules"]:
             assert rule["scope"] == "Namespaced", where
             assert "*" not in rule["resources"] and "*" not in rule["apiGroups"], where
-            wanted = {"CREATE"} if rule["resources"] == ["pods"] else {"CREATE", "UPDATE"}
+            pod_update = kind == "ValidatingWebhookConfiguration"  # judges tolerations added to existing pods
+            wanted = {"CREATE"} if rule["resources"] == ["pods"] and not pod_update else {"CREATE", "UPDATE"}
             assert set(rule["operations"]) == wanted, where
 
 
@@ -301,6 +309,48 @@ def test_match_conditions_skip_daemonset_pods_and_system_users_only() -> None:
             owned_by_rs = _pod_request()
             owned_by_rs["object"]["metadata"]["ownerReferences"][0]["kind"] = "ReplicaSet"
             assert _sent(programs, owned_by_rs)
+            for forger in ("mallory", "system:serviceaccount:kube-system:job-controller"):  # an owner anyone can write
+                forged = _pod_request(userInfo={"username": forger})
+                assert _sent(programs, forged), f"{kind} {hook['name']}: a DaemonSet owner claimed by {forger} skipped"
+
+
+def _pod_update(old_tolerations: list | None, new_tolerations: list | None, **meta: Any) -> dict:
+    old = _pod_request(userInfo={"username": "mallory"})["object"]
+    old["metadata"].pop("ownerReferences")
+    new = json.loads(json.dumps(old))
+    new["metadata"].update(meta)
+    for pod, tolerations in ((old, old_tolerations), (new, new_tolerations)):
+        if tolerations is not None:
+            pod["spec"]["tolerations"] = tolerations
+    return _pod_request(operation="UPDATE", userInfo={"username": "mallory"}, object=new, oldObject=old)
+
+
+FOREIGN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "nlp", "effect": "NoSchedule"}
+OWN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "meta", "sent"),
+    [
+        (None, [FOREIGN], {}, True),  # tolerations added to a pod that had none
+        ([OWN], [OWN, FOREIGN], {}, True),  # one more
+        ([OWN], [OWN], {"labels": {"a": "b"}}, False),  # a label change: not sent
+        (None, None, {"finalizers": ["x"]}, False),  # neither has tolerations
+    ],
+    ids=["added-to-none", "appended", "label-only", "finalizer-only"],
+)
+def test_pod_updates_reach_validation_only_when_tolerations_change(old: Any, new: Any, meta: dict, sent: bool) -> None:
+    """cel-python: the validating pods hook gets a pod UPDATE exactly when the tolerations differ; the mutating
+    hooks never get pod UPDATEs (spreadguard adds nothing to an existing pod)."""
+    request = _pod_update(old, new, **meta)
+    for kind, hook in hooks(render()):
+        if not any("pods" in rule["resources"] for rule in hook["rules"]):
+            continue
+        covered = any("UPDATE" in rule["operations"] for rule in hook["rules"])
+        if kind == "MutatingWebhookConfiguration":
+            assert not covered, hook["name"]
+        else:
+            assert covered and _sent(_condition_programs(hook), request) is sent, hook["name"]
 
 
 def test_own_namespace_is_excluded_twice() -> None:
@@ -441,6 +491,25 @@ def test_probes_and_server_command_line() -> None:
     assert items == {"tls.crt", "tls.key", "ca.crt"}, "the server gets no ca.key"
 
 
+@pytest.mark.parametrize("name", ["manifests", "dryrun", "cert-manager"])
+def test_grant_key_is_a_secret_only_the_server_reads(name: str) -> None:
+    objects = render(name)
+    server = container(objects, "webhook")
+    args = cli_args(server)
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
+    mount = mounts["grant-key"]
+    secret = volumes["grant-key"]["secret"]
+    assert mount["readOnly"] is True and args.grant_key == f"{mount['mountPath']}/key"
+    assert secret["secretName"] == "spreadguard-grant-key" and secret["optional"] is True
+    assert secret["items"] == [{"key": "key", "path": "key"}]
+    assert not any(secret["secretName"] == o["metadata"]["name"] for o in all_of(objects, "Secret")), "no key shipped"
+    for role, rule in _rules(objects):
+        if "secrets" in rule["resources"] and set(rule["verbs"]) & {"get", "list", "watch"}:
+            names = rule.get("resourceNames") or []
+            assert names and "spreadguard-grant-key" not in names, f"{role['metadata']['name']} can read the key"
+
+
 @pytest.mark.parametrize("where", ["init", "cronjob"])
 def test_bootstrap_command_matches_the_objects_it_manages(where: str) -> None:
     objects = render()
@@ -507,9 +576,14 @@ def test_dryrun_overlay_puts_every_policy_in_dryrun() -> None:
     objects = render("dryrun")
     volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "policies")
     assert volume["configMap"]["name"] == one(objects, "ConfigMap")["metadata"]["name"]
-    assert [o for o in render("dryrun") if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"] == [
-        o for o in render() if o["kind"] != "ConfigMap" and o["kind"] != "Deployment"
-    ]
+    differ = {"ConfigMap", "Deployment", "ValidatingAdmissionPolicyBinding"}
+    assert [o for o in render("dryrun") if o["kind"] not in differ] == [o for o in render() if o["kind"] not in differ]
+    # the isolation backstop only records (API server audit log) what it would deny
+    bindings = {b["metadata"]["name"]: b["spec"] for b in all_of(render("dryrun"), "ValidatingAdmissionPolicyBinding")}
+    base = {b["metadata"]["name"]: b["spec"] for b in all_of(render(), "ValidatingAdmissionPolicyBinding")}
+    assert bindings and set(bindings) == set(base)
+    for name, spec in bindings.items():
+        assert spec == {**base[name], "validationActions": ["Audit"]}, name
 
 
 def test_dryrun_copies_keep_the_text_and_change_every_mode() -> None:

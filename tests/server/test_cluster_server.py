@@ -65,7 +65,8 @@ def fake() -> Iterator[FakeKubeAPI]:
     for i in range(4):
         api.put("nodes", node(f"gpu-{i}"))
     api.put("nodes", node("nlp-0", team="nlp"))
-    api.put("namespaces", namespace("ml", **{TEAM: "speech"}))
+    api.put("nodes", node("nlp-cordoned", team="nlp", unschedulable=True))
+    api.put("namespaces", namespace("ml", **{TEAM: "vision"}))
     api.serve()
     yield api
     api.stop_serving()
@@ -94,7 +95,7 @@ def cluster_server(fake: FakeKubeAPI, tls_files: TLSFiles, tmp_path: Path) -> It
 def test_readyz_reports_the_cache(cluster_server: Server) -> None:
     cluster = cluster_server.get("/readyz").json()["cluster"]
     assert cluster["synced"] is True
-    assert cluster["nodes"] == 5 and cluster["namespaces"] == 1
+    assert cluster["nodes"] == 6 and cluster["namespaces"] == 1  # one of them cordoned
 
 
 def test_shortage_downgrade_through_the_server(cluster_server: Server) -> None:
@@ -114,7 +115,7 @@ def test_shortage_downgrade_through_the_server(cluster_server: Server) -> None:
 def test_team_from_the_watched_namespace_label(cluster_server: Server) -> None:
     resp = cluster_server.post("/mutate", review("ns-team", 2, team_label=False)).json()["response"]
     tolerations = patched_worker(resp)["/spec/pytorchReplicaSpecs/Worker/template/spec/tolerations"]
-    assert tolerations == [{"key": TEAM, "operator": "Equal", "value": "speech", "effect": "NoSchedule"}]
+    assert tolerations == [{"key": TEAM, "operator": "Equal", "value": "vision", "effect": "NoSchedule"}]
 
 
 def test_unreachable_api_means_spec_only_with_a_warning(tls_files: TLSFiles, tmp_path: Path) -> None:
@@ -130,3 +131,47 @@ def test_unreachable_api_means_spec_only_with_a_warning(tls_files: TLSFiles, tmp
         assert any("cluster view not synced" in w and "decided from the spec alone" in w for w in resp["warnings"])
     finally:
         stop(server.process)
+
+
+def _pod_review(uid: str, labels: dict, spec: dict) -> dict:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": uid, "namespace": "ml", "labels": labels}}
+    pod["spec"] = {"containers": [{"name": "c", "image": "x", "resources": {"limits": {"cpu": "1"}}}], **spec}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "ml",
+            "operation": "CREATE",
+            "userInfo": {"username": "mallory", "groups": ["system:authenticated"]},
+            "object": pod,
+        },
+    }
+
+
+def test_isolation_from_the_watched_namespace_and_nodes(cluster_server: Server) -> None:
+    """Issue 11 through the real server and its watched caches: namespace ml belongs to team vision, so a CPU
+    pod labelled nlp is refused (team-label-claim), gets vision's toleration, and cannot name nlp's node."""
+    resp = cluster_server.post("/validate", _pod_review("claim", {TEAM: "nlp"}, {})).json()["response"]
+    assert resp["allowed"] is False
+    assert (
+        "[team-label-claim] metadata.labels[spreadguard.io/team]: labelled team 'nlp' "
+        "but namespace ml belongs to team vision" in resp["status"]["message"]
+    )
+    mutated = cluster_server.post("/mutate", _pod_review("claim", {TEAM: "nlp"}, {})).json()["response"]
+    ops = json.loads(base64.b64decode(mutated["patch"]))
+    assert {
+        "op": "add",
+        "path": "/spec/tolerations",
+        "value": [{"key": TEAM, "operator": "Equal", "value": "vision", "effect": "NoSchedule"}],
+    } in ops
+    walk = cluster_server.post("/validate", _pod_review("walk", {}, {"nodeName": "nlp-0"})).json()["response"]
+    assert (
+        walk["allowed"] is False
+        and "[node-name-taint] spec.nodeName: group pod (1 replica) names node nlp-0" in walk["status"]["message"]
+    )
+    cordoned = cluster_server.post("/validate", _pod_review("c", {}, {"nodeName": "nlp-cordoned"})).json()["response"]
+    assert cordoned["allowed"] is False and "names node nlp-cordoned" in cordoned["status"]["message"]
+    own = cluster_server.post("/validate", _pod_review("own", {}, {"nodeName": "gpu-0"})).json()["response"]
+    assert own["allowed"] is True

@@ -66,6 +66,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cluster_cache=args.cluster_cache,
         kubeconfig=args.kubeconfig,
         kube_context=args.kube_context,
+        grant_key=args.grant_key,
     )
 
 
@@ -110,4 +111,11 @@ def register(sub: Any) -> None:
     )
     serve_p.add_argument("--kubeconfig", help="kubeconfig for the cluster cache")
     serve_p.add_argument("--context", dest="kube_context", help="kubeconfig context for the cluster cache")
+    serve_p.add_argument(
+        "--grant-key",
+        metavar="FILE",
+        help="key that signs exemption grants, so pods inherit an exemption only with proof that an authorised "
+        "user approved it for their owner (docs/threat-model.md); a missing file means no inheritance "
+        "(default: none)",
+    )
     serve_p.set_defaults(func=_cmd_serve, _parser=serve_p)

@@ -7,6 +7,7 @@ A case file holds a list of cases::
       resource: examples/pytorchjob.yaml      # a path (relative to the repo/case file) or an inline object
       request: {operation: CREATE, username: alice, groups: [ml-team]}   # optional
       # request.nodes: [{name, labels, taints, allocatable, unschedulable}] gives a cluster view
+      # request.grantKey: the key that signs exemption grants (as `serve --grant-key` reads it from a file)
       expect:
         allowed: true                          # or false
         violations: [single-node-pinning]      # rule ids that deny (exactly these, any order)
@@ -30,7 +31,7 @@ import yaml
 
 from webhook.engine import yamlio
 from webhook.engine.decide import Decision, evaluate
-from webhook.engine.placement import ClusterView, classify, node_from_api
+from webhook.engine.placement import ClusterView, classify_records, cordoned, node_from_api, record
 from webhook.engine.policy import Policy
 from webhook.engine.target import Context
 
@@ -108,7 +109,8 @@ def _cluster(nodes: list[dict[str, Any]]) -> ClusterView:
         )
         for i, n in enumerate(nodes)
     ]
-    return ClusterView(synced=True, classes=classify(infos))
+    records = [record(n) for n in infos]
+    return ClusterView(synced=True, classes=classify_records(records), cordoned=cordoned(records))
 
 
 def case_context(case: dict[str, Any], obj: dict[str, Any], base: Path) -> Context:
@@ -124,6 +126,7 @@ def case_context(case: dict[str, Any], obj: dict[str, Any], base: Path) -> Conte
         namespace_labels=req.get("namespaceLabels") or {},
         old_object=load_resource(req["oldObject"], base) if req.get("oldObject") else None,
         cluster=_cluster(req["nodes"]) if "nodes" in req else None,
+        grant_key=str(req["grantKey"]).encode() if req.get("grantKey") else None,
     )
 
 

@@ -11,13 +11,15 @@ would add and reject is reported as warnings and audit annotations.
 
 from __future__ import annotations
 
+import json
 import marshal
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonpatch
 
-from webhook.engine import exemptions, model, workloads
+from webhook.engine import exemptions, grants, model, owners, podspec, workloads
+from webhook.engine.ids import ISOLATION_RULE_IDS
 from webhook.engine.model import Workload, WorkloadFacts
 from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
 from webhook.engine.policy import Policy, effective_mode, matches
@@ -68,16 +70,28 @@ class Decision:
         return [v.text() for v in self.advisories] + self.dryrun + self.info
 
 
-def _team(obj: dict[str, Any], template: dict[str, Any], policy: Policy, ctx: Context) -> str | None:
-    """Team: the pod template's label, the object's label, the policy's namespace map, the namespace label."""
+def namespace_team(policy: Policy, ctx: Context) -> tuple[str | None, str]:
+    """The team that owns the request's namespace and where that comes from: the policy's namespace
+    map, else the namespace's own ``spreadguard.io/team`` label; (None, "") when it has none."""
+    cfg = policy.spec.mutate.teamTolerations
+    if cfg and ctx.namespace in cfg.namespaceTeams:
+        return cfg.namespaceTeams[ctx.namespace], f"policy {policy.name} namespaceTeams"
+    label = ctx.namespace_labels.get(workloads.TEAM_LABEL)
+    if isinstance(label, str) and label:
+        return label, f"namespace label {workloads.TEAM_LABEL}"
+    return None, ""
+
+
+def _team(obj: dict[str, Any], template: dict[str, Any], ns_team: str | None) -> str | None:
+    """Team: the namespace's (authoritative); only where the namespace has none, the pod template's
+    label, then the object's label."""
+    if ns_team:
+        return ns_team
     for meta in (template.get("metadata"), obj.get("metadata")):
         labels = meta.get("labels") if isinstance(meta, dict) else None
         if isinstance(labels, dict) and labels.get(workloads.TEAM_LABEL):
             return str(labels[workloads.TEAM_LABEL])
-    cfg = policy.spec.mutate.teamTolerations
-    if cfg and ctx.namespace in cfg.namespaceTeams:
-        return cfg.namespaceTeams[ctx.namespace]
-    return ctx.namespace_labels.get(workloads.TEAM_LABEL) or None
+    return None
 
 
 def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
@@ -91,6 +105,21 @@ def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
     if not group.path:  # a Pod's spec is immutable after creation
         return False
     return bool(workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path))
+
+
+def _added_tolerations(obj: dict[str, Any], workload: Workload, ctx: Context) -> set[str] | None:
+    """On a Pod UPDATE: the paths of tolerations the update adds (Kubernetes lets tolerations be added to an
+    existing pod; nothing else about its placement can change). None for anything else."""
+    if ctx.operation != "UPDATE" or ctx.old_object is None or workload.kind.kind != "Pod" or workload.kind.group:
+        return None
+    # compared by canonical JSON in a set: linear, however many tolerations a request carries
+    old = {json.dumps(t, sort_keys=True) for t in podspec.tolerations(podspec.spec_of(ctx.old_object))}
+    new = podspec.tolerations(podspec.spec_of(obj))
+    return {
+        workloads.format_path(("spec", "tolerations", i))
+        for i, tol in enumerate(new)
+        if json.dumps(tol, sort_keys=True) not in old
+    }
 
 
 def _clone(value: Any) -> Any:
@@ -150,9 +179,10 @@ def _targets(
     facts: WorkloadFacts,
     policy: Policy,
     ctx: Context,
-    exempt: frozenset[str],
+    exempt: _Exempt,
 ) -> list[Target]:
     """One target per group (``only`` those, when given), bound to its template inside ``copy``."""
+    ns_team, source = namespace_team(policy, ctx)
     return [
         Target(
             obj=copy,
@@ -160,12 +190,15 @@ def _targets(
             group=group,
             template=template,
             workload_class=workload.workload_class,
-            team=_team(copy, template, policy, ctx),
+            team=_team(copy, template, ns_team),
             gpu=facts.gpu_by_group.get(group.path, False),
             policy_name=policy.name,
             policy=policy.spec,
             context=ctx,
-            exempt=exempt,
+            exempt=exempt.ids,
+            exempt_stamp=exempt.stamp,
+            namespace_team=ns_team,
+            namespace_team_source=source,
         )
         for group, template in workload.templates_in(copy, only)
     ]
@@ -185,6 +218,8 @@ def _mutate(targets: list[Target]) -> list[str]:
 
 def _action(policy: Policy, rule_id: str, default: str) -> str:
     cfg = policy.spec.rules.get(rule_id)
+    if cfg is None and policy.spec.onlyListedRules:
+        return "off"
     return cfg.action if cfg else default
 
 
@@ -213,31 +248,52 @@ class _Run:
             self.findings[key] = (denies, Violation(rule_id, policy, path, message))
 
 
+@dataclass(frozen=True)
+class _Exempt:
+    """What an object is exempted from under one policy, and the grant to record in its pod templates."""
+
+    ids: frozenset[str] = frozenset()
+    stamp: tuple[str, str] | None = None  # (the exempt annotation, its grant) for exemption-inheritance
+
+
 def _exemption(
-    obj: dict[str, Any], policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision
-) -> frozenset[str]:
+    obj: dict[str, Any], workload: Workload, policy: Policy, ctx: Context, mode: str, run: _Run, decision: Decision
+) -> _Exempt:
     """The ids this object is exempted from under ``policy``; records grants and refusals."""
-    req = exemptions.requested(obj)
+    templates = [m.template for m in workload.groups if m.group.path and isinstance(m.template, dict)]
+    req = exemptions.requested(obj, templates)
     if req is None:
-        return frozenset()
+        return _Exempt()
     unknown = sorted(req.ids - set(RULE_IDS) - set(MUTATOR_IDS))
     if unknown:
         decision.info.append(
             f"{exemptions.EXEMPT} names unknown id(s) {', '.join(unknown)}; known: {', '.join(RULE_IDS + MUTATOR_IDS)}"
         )
-    verdict = exemptions.authorize(req, policy, ctx, obj)
+    verdict = exemptions.authorize(req, policy, ctx, obj, workload.kind)
     if verdict.granted:
         decision.exemptions.append(
             f"{policy.name}: {','.join(sorted(req.ids))} granted to {verdict.how}"
             + (f" (reason: {req.reason})" if req.reason else "")
         )
-        return req.ids
+        stamp = None
+        if verdict.stamp and not exemptions.deployment_replicaset(obj, workload.kind):
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            if ctx.grant_key and name:
+                grant = grants.sign(
+                    ctx.grant_key, workload.namespace, workload.kind.group, workload.kind.kind, name, req.ids
+                )
+                stamp = (req.raw, grant)
+            else:
+                why = "no grant key is configured" if not ctx.grant_key else "the object has no name yet"
+                decision.info.append(f"exemption not passed on to the pods of {workload.kind.kind}: {why}")
+        return _Exempt(req.ids, stamp)
     for rule_id, rule in EXEMPTION_RULES.items():
         action = _action(policy, rule_id, rule.DEFAULT_ACTION)
         if action != "off" and rule.applies(set(req.ids)):
             msg = exemptions.message(req, verdict, policy)
-            run.add(rule_id, policy.name, exemptions.PATH, msg, mode == "enforce" and action == "deny")
-    return frozenset()
+            denies = mode == "enforce" and action == "deny" and not verdict.advisory
+            run.add(rule_id, policy.name, exemptions.PATH, msg, denies)
+    return _Exempt()
 
 
 def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy]) -> Decision:
@@ -249,7 +305,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     decision = Decision(mutated=obj)
     if ctx.operation not in ACTING_OPERATIONS:
         return decision
-    workload = model.read(obj, ctx.namespace)
+    workload = model.read(obj, ctx.namespace, owners.trusted_per_node(obj, ctx))
     if workload is None:
         return decision
     namespace = workload.namespace
@@ -265,8 +321,9 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
 
     mutated = _working_copy(obj)
     touched = [m.group for m in workload.groups if _touched(m.group, obj, ctx)]
+    added = _added_tolerations(obj, workload, ctx)  # a Pod UPDATE: only the isolation of new tolerations
     run = _Run()
-    owners: set[str] = set()
+    placement_owners: set[str] = set()
 
     for policy in sorted(policies, key=lambda p: p.name):
         facts = workload.facts(policy.spec.gpuResources)
@@ -275,7 +332,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         mode = ctx.force_mode or effective_mode(policy, namespace, ctx.namespace_labels)
         decision.policies.append(policy.name)
         decision.modes[policy.name] = mode
-        exempt = _exemption(obj, policy, ctx, mode, run, decision)
+        exempt = _exemption(obj, workload, policy, ctx, mode, run, decision)
         if mode == "dryrun":
             scratch = _working_copy(mutated)
             would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt))
@@ -283,13 +340,20 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
             decision.dryrun_patch.extend(_diff(mutated, scratch))
         else:
             targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt)
-            owners |= {t.placement_owner for t in targets if t.placement_owner}
+            placement_owners |= {t.placement_owner for t in targets if t.placement_owner}
             decision.notes.extend(_mutate(targets))
         for rule_id, action, target, f in _check(_targets(mutated, workload, None, facts, policy, ctx, exempt), policy):
-            denies = mode == "enforce" and action == "deny" and target.group in touched
+            if added is None:
+                denies = mode == "enforce" and action == "deny" and target.group in touched
+            elif rule_id in ISOLATION_RULE_IDS:
+                denies = mode == "enforce" and action == "deny" and f.path in added
+            else:
+                continue  # a pod's other fields cannot change after creation: nothing new to judge
             run.add(rule_id, policy.name, f.path, f.message, denies)
 
-    decision.info.extend(f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(owners))
+    decision.info.extend(
+        f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(placement_owners)
+    )
     for denies, v in run.findings.values():
         (decision.violations if denies else decision.advisories).append(v)
     decision.patch = _diff(obj, mutated)

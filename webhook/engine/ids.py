@@ -10,9 +10,11 @@ from __future__ import annotations
 TEMPLATE_RULE_IDS = (
     "single-node-pinning",
     "self-colocation",
+    "team-label-claim",
     "foreign-team-toleration",
     "wildcard-toleration",
     "health-taint-toleration",
+    "node-name-taint",
     "unschedulable-spread",
     "singleton-role",
     "node-local-checkpoint",
@@ -20,6 +22,15 @@ TEMPLATE_RULE_IDS = (
 )
 # rules that judge the spreadguard.io/exempt annotation itself
 EXEMPTION_RULE_IDS = ("anti-affinity-disabled", "exemption-unauthorized")
+# team isolation: judged on every pod of a governed namespace whatever it requests, on toleration changes
+# of existing pods, and (where CEL can express them) by the ValidatingAdmissionPolicy backstop
+ISOLATION_RULE_IDS = (
+    "team-label-claim",
+    "foreign-team-toleration",
+    "wildcard-toleration",
+    "health-taint-toleration",
+    "node-name-taint",
+)
 RULE_IDS = sorted([*TEMPLATE_RULE_IDS, *EXEMPTION_RULE_IDS])
 
 # injectors, in the order they run

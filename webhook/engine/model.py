@@ -90,8 +90,11 @@ def _labels_of(obj: dict[str, Any]) -> dict[str, str]:
     return labels if isinstance(labels, dict) else {}
 
 
-def read(obj: Any, namespace: str = "") -> Workload | None:
-    """``obj`` as a workload model, or None for kinds spreadguard does not know."""
+def read(obj: Any, namespace: str = "", per_node_trusted: bool = True) -> Workload | None:
+    """``obj`` as a workload model, or None for kinds spreadguard does not know.
+
+    ``per_node_trusted``: see ``workloads.groups_of`` (the engine passes ``owners.trusted_per_node``).
+    """
     if not isinstance(obj, dict):
         return None
     kind = workloads.kind_of(obj)
@@ -99,7 +102,7 @@ def read(obj: Any, namespace: str = "") -> Workload | None:
         return None
     raw_meta = obj.get("metadata")
     meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-    groups = [GroupModel(g, workloads.pod_template(obj, g)) for g in workloads.groups_of(obj)]
+    groups = [GroupModel(g, workloads.pod_template(obj, g)) for g in workloads.groups_of(obj, per_node_trusted)]
     templates = [m.template for m in groups if isinstance(m.template, dict)]
     return Workload(
         obj=obj,

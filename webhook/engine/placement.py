@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from webhook.engine import podspec
@@ -85,6 +86,12 @@ def classify(nodes: Iterable[NodeInfo]) -> tuple[NodeClass, ...]:
     return classify_records(record(n) for n in nodes)
 
 
+def cordoned(records: Iterable[NodeRecord]) -> tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]:
+    """(hostname, taints) of the unschedulable nodes: left out of the classes (nothing is scheduled there),
+    but a pod naming one in ``nodeName`` still runs on it."""
+    return tuple((host, taints) for host, _labels, taints, _gpus, unschedulable in records if unschedulable)
+
+
 @dataclass(frozen=True)
 class ClusterView:
     """An immutable snapshot; the caches swap in a new one on every change."""
@@ -93,10 +100,23 @@ class ClusterView:
     classes: tuple[NodeClass, ...] = ()
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str = ""  # why the view is not synced, for the warning
+    cordoned: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = ()  # unschedulable nodes' taints
 
     @property
     def node_count(self) -> int:
         return sum(c.count for c in self.classes)
+
+    @cached_property
+    def _taints_by_host(self) -> dict[str, tuple[tuple[str, str, str], ...]]:
+        # built once per snapshot (the caches swap in a new view on every change), on first use
+        out = dict(self.cordoned)
+        out.update((host, c.taints) for c in self.classes for host in c.hostnames)
+        return out
+
+    def taints_of(self, node: str) -> tuple[tuple[str, str, str], ...] | None:
+        """The taints of the node named ``node``, schedulable or cordoned (by its hostname label, which the kubelet sets
+        to the node name unless overridden), or None when the view does not know it."""
+        return self._taints_by_host.get(node)
 
 
 def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:

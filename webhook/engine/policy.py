@@ -89,7 +89,13 @@ class TeamTolerations(_Strict):
     )
     borrowingPriorityClasses: list[str] = Field(
         default_factory=list,
-        description="Pods of these priority classes tolerate every team's taint (borrow idle capacity).",
+        description="Pods of these priority classes tolerate every team's taint (borrow idle capacity), in the "
+        "namespaces of borrowingNamespaces.",
+    )
+    borrowingNamespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespace globs whose pods may borrow (use a borrowing priority class); elsewhere a borrowing "
+        "priority class gets the own team's toleration only. Empty: nobody borrows.",
     )
 
 
@@ -148,7 +154,8 @@ class Exemptions(_Strict):
     controllers: list[str] = Field(
         default_factory=lambda: ["system:serviceaccount:kube-system:*"],
         description="Username globs of controllers whose objects (with a controller ownerReference) inherit an "
-        "exemption carried by their pod template; add your operators, e.g. system:serviceaccount:kubeflow:*.",
+        "exemption when the grant they carry (spreadguard.io/exempt-grant) verifies for that owner; add your "
+        "operators, e.g. system:serviceaccount:kubeflow:*.",
     )
     requireReason: bool = Field(True, description="An exemption needs spreadguard.io/exempt-reason.")
 
@@ -174,6 +181,11 @@ class PolicySpec(_Strict):
     mutate: Mutations = Field(default_factory=Mutations)
     rules: dict[RuleId, RuleConfig] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Per rule id: its action."
+    )
+    onlyListedRules: bool = Field(
+        False,
+        description="Run only the rules listed in rules (a policy for one concern, e.g. team isolation); "
+        "otherwise every rule runs with its default action unless listed.",
     )
     exemptions: Exemptions = Field(default_factory=Exemptions)  # type: ignore[arg-type]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ class Context:
     old_object: dict[str, Any] | None = None
     cluster: ClusterView | None = None  # the caches' snapshot; None offline (spec-only decisions)
     force_mode: str | None = None  # every policy in this mode (audit: "what would enforce do")
+    # the key that signs and checks exemption grants (webhook/engine/grants.py); None: nothing is inherited
+    grant_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -37,12 +40,23 @@ class Target:
     group: Group
     template: dict[str, Any]  # the pod template dict inside ``obj``: mutators edit it in place
     workload_class: str
-    team: str | None
+    team: str | None  # the namespace's team when it has one, else the workload's label (``decide._team``)
     gpu: bool
     policy_name: str
     policy: PolicySpec
     context: Context
     exempt: frozenset[str] = frozenset()  # rule and mutator ids this object is exempted from
+    exempt_stamp: tuple[str, str] | None = None  # (exempt annotation, signed grant) to record in the template
+    namespace_team: str | None = None  # the team the namespace belongs to (policy map or namespace label)
+    namespace_team_source: str = ""  # where namespace_team comes from, for messages
+
+    def may_borrow(self) -> bool:
+        """Whether this group's pods may tolerate every team's taint: a borrowing priority class, in a
+        namespace the policy lets borrow."""
+        cfg = self.policy.mutate.teamTolerations
+        if cfg is None or self.spec.get("priorityClassName") not in cfg.borrowingPriorityClasses:
+            return False
+        return any(fnmatch.fnmatchcase(self.namespace, pat) for pat in cfg.borrowingNamespaces)
 
     @property
     def spec(self) -> dict[str, Any]:

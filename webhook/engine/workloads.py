@@ -484,6 +484,8 @@ POD_VOLATILE_LABELS = {
     "apps.kubernetes.io/pod-index",
 }
 POD_SKIP_OWNER_KINDS = {"DaemonSet", "Node"}  # per-node by design: never spread or judged as groups
+# ... but only when the request comes from the controller that owns such pods (``per_node_owner`` and the
+# engine's ``owners.trusted_per_node``): an ownerReference is written by whoever creates the pod.
 
 # Placement already decided by another controller: spreadguard leaves zone/rack placement to it.
 PLACEMENT_OWNER_ANNOTATIONS = (
@@ -530,12 +532,25 @@ def _pod_placement(role: str, gang_key: str | None, name: str) -> str:
     return GANG if gang_key else REPLICAS
 
 
-def pod_group(pod: dict[str, Any]) -> Group | None:
-    """The group a Pod belongs to, from its labels and ownerReferences; None for a lone Pod."""
+def per_node_owner(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the first DaemonSet or Node ownerReference a Pod claims, or None."""
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    for o in owners if isinstance(owners, list) else []:
+        if isinstance(o, dict) and o.get("kind") in POD_SKIP_OWNER_KINDS:
+            return str(o.get("kind")), str(o.get("name") or "")
+    return None
+
+
+def pod_group(pod: dict[str, Any], per_node_trusted: bool = False) -> Group | None:
+    """The group a Pod belongs to, from its labels and ownerReferences; None for a lone Pod.
+
+    ``per_node_trusted``: the request came from the controller of the per-node owner the pod claims
+    (DaemonSet controller, the node's kubelet); only then is such a pod left out of every group.
+    """
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, dict)]
-    if any(o.get("kind") in POD_SKIP_OWNER_KINDS for o in owners):
+    if per_node_trusted and per_node_owner(pod) is not None:
         return None
     path: Path = ()
     if LWS_NAME in labels and LWS_INDEX in labels:
@@ -564,16 +579,20 @@ def pod_group(pod: dict[str, Any]) -> Group | None:
     return None
 
 
-def groups_of(obj: dict[str, Any]) -> list[Group]:
-    """Every replica group of ``obj``: templates of a workload, or the Pod's own group."""
+def groups_of(obj: dict[str, Any], per_node_trusted: bool = True) -> list[Group]:
+    """Every replica group of ``obj``: templates of a workload, or the Pod's own group.
+
+    ``per_node_trusted``: whether a DaemonSet/Node ownerReference on a Pod may be believed (the
+    admission engine passes whether the request came from that owner's controller; the audit of
+    objects already in the cluster keeps believing it).
+    """
     kind = kind_of(obj)
     if kind is None:
         return []
     if kind.kind == "Pod" and kind.group == "":
-        owners = (obj.get("metadata") or {}).get("ownerReferences") or []
-        if any(isinstance(o, dict) and o.get("kind") in POD_SKIP_OWNER_KINDS for o in owners):
+        if per_node_trusted and per_node_owner(obj) is not None:
             return []  # DaemonSet and static pods run per node by design
-        group = pod_group(obj)
+        group = pod_group(obj, per_node_trusted)
         return [group] if group else [Group("pod", (), 1, {}, placement=SINGLETON)]
     out: list[Group] = []
     for tset in kind.templates:

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from webhook.engine.placement import PER_NODE_LABELS, ClusterView, NodeRecord, classify_records, node_from_api
+from webhook.engine.placement import (
+    PER_NODE_LABELS,
+    ClusterView,
+    NodeRecord,
+    classify_records,
+    cordoned,
+    node_from_api,
+)
 from webhook.kube import client as kube
 
 log = logging.getLogger("spreadguard.caches")
@@ -525,7 +532,13 @@ class ClusterCache:
                 namespaces = dict(self._namespaces.items)
         current = self._view
         if dirty:
-            view = ClusterView(synced=synced, classes=classify_records(records), namespaces=namespaces, error=error)
+            view = ClusterView(
+                synced=synced,
+                classes=classify_records(records),
+                namespaces=namespaces,
+                error=error,
+                cordoned=cordoned(records),
+            )
             self.rebuilds += 1
             self.last_rebuild_seconds = time.perf_counter() - started
         elif (synced, error) != (current.synced, current.error):

@@ -281,6 +281,9 @@ def _answer(app: Flask, endpoint: str, record: _Record) -> Response:
         cache = get_cluster(app)
         if cache is not None:  # one snapshot for the whole request; never waits on the API
             ctx = replace(ctx, cluster=cache.view())
+        key = app.extensions.get(GRANT_KEY)
+        if key:  # signs and checks exemption grants (webhook/engine/grants.py)
+            ctx = replace(ctx, grant_key=key)
         decision = engine.evaluate(obj, ctx, policies) if isinstance(obj, dict) else engine.Decision()
         payload = admission.respond(req, decision, endpoint)
         record.decision = decision
@@ -390,6 +393,12 @@ def master_before_fork(app: Flask) -> None:
 
 
 CLUSTER = "spreadguard.cluster"
+GRANT_KEY = "spreadguard.grant-key"
+
+
+def set_grant_key(app: Flask, key: bytes | None) -> None:
+    """The key that signs and checks exemption grants (None: nothing is passed on to pods)."""
+    app.extensions[GRANT_KEY] = key
 
 
 def set_cluster(app: Flask, cache: Any) -> None:

@@ -293,6 +293,7 @@ def _prepare(
     cluster_cache: str = "auto",
     kubeconfig: str | None = None,
     kube_context: str | None = None,
+    grant_key: str | None = None,
 ) -> Callable:
     try:
         parse_bind(bind)
@@ -324,7 +325,35 @@ def _prepare(
             set_cluster(app, ClusterCache.from_environment(kubeconfig=kubeconfig, context=kube_context))
         except CacheConfigError as exc:
             raise ServeError(f"cluster cache: {exc}") from None
+    if grant_key:
+        from webhook.server.app import set_grant_key
+
+        set_grant_key(app, read_grant_key(grant_key))
     return app
+
+
+def read_grant_key(path: str) -> bytes | None:
+    """The exemption grant key from ``path`` (a Secret's file; surrounding whitespace dropped).
+
+    A missing file (the Secret is optional) means no key: exemptions are not passed on to pods, and a log
+    line says so. A key shorter than ``grants.MIN_KEY_BYTES`` is an error: it could be guessed.
+    """
+    from webhook.engine import grants
+
+    try:
+        with open(path, "rb") as fh:
+            key = fh.read(4096).strip()
+    except FileNotFoundError:
+        log.warning("--grant-key %s: no such file; exemptions are not passed on to pods (no grant key)", path)
+        return None
+    except OSError as exc:
+        raise ServeError(f"--grant-key {path}: cannot read: {exc.strerror or exc}") from None
+    if len(key) < grants.MIN_KEY_BYTES:
+        raise ServeError(
+            f"--grant-key {path}: the key has {len(key)} bytes; at least {grants.MIN_KEY_BYTES} are needed "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return key
 
 
 def run(
@@ -340,6 +369,7 @@ def run(
     cluster_cache: str = "auto",
     kubeconfig: str | None = None,
     kube_context: str | None = None,
+    grant_key: str | None = None,
 ) -> int:
     """Serve the webhook until stopped (SIGTERM/SIGINT); returns the process exit code.
 
@@ -363,6 +393,7 @@ def run(
             cluster_cache,
             kubeconfig,
             kube_context,
+            grant_key,
         )
         directory, temporary = _metrics_dir(metrics_dir)
     except ServeError as exc:

@@ -12,6 +12,8 @@ ID = "group-label"
 def mutate(t: Target) -> str | None:
     if not t.group.add_labels:
         return None
+    if t.policy.mutate.antiAffinity is None and not t.policy.mutate.topologySpread:
+        return None  # a policy that spreads nothing (e.g. isolation) needs no group label
     labels = podspec.path_to(t.template, "metadata", "labels")
     missing = {k: v for k, v in t.group.add_labels.items() if k not in labels}
     if not missing:

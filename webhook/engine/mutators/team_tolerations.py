@@ -1,6 +1,6 @@
 """team-tolerations: let a team's pods onto the nodes tainted for that team
 (``spreadguard.io/team=<team>:NoSchedule``); pods of a borrowing priority class tolerate every
-team's taint so idle capacity can be used."""
+team's taint so idle capacity can be used, in the namespaces the policy lets borrow."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def mutate(t: Target) -> str | None:
     if cfg is None or not cfg.enabled:
         return None
     existing = podspec.tolerations(t.spec)
-    if t.spec.get("priorityClassName") in cfg.borrowingPriorityClasses:
+    if t.may_borrow():
         if any(x.get("key") == cfg.taintKey and x.get("operator") == "Exists" for x in existing):
             return None
         wanted = {"key": cfg.taintKey, "operator": "Exists", "effect": cfg.effect}

@@ -14,17 +14,18 @@ def check(t: Target) -> list[Finding]:
     cfg = t.policy.mutate.teamTolerations
     key = cfg.taintKey if cfg else DEFAULT_TAINT_KEY
     borrowing = cfg.borrowingPriorityClasses if cfg else []
+    lenders = cfg.borrowingNamespaces if cfg else []
     own = f"team {t.team}" if t.team else "no team (label spreadguard.io/team)"
     out = []
     for i, tol in enumerate(podspec.tolerations(t.spec)):
         if tol.get("key") != key:
             continue
         op = tol.get("operator") or "Equal"
-        if op == "Exists" and t.spec.get("priorityClassName") not in borrowing:
+        if op == "Exists" and not t.may_borrow():
             what = "every team's taint"
             fix = (
                 f"remove it; only pods of a borrowing priority class ({', '.join(borrowing) or 'none configured'}) "
-                "may use every team's nodes"
+                f"in the namespaces the policy lets borrow ({', '.join(lenders) or 'none'}) may use every team's nodes"
             )
         elif op == "Equal" and (tol.get("value") or "") != (t.team or ""):
             what = f"the taint of team {tol.get('value')!r}"

@@ -1,4 +1,5 @@
-"""wildcard-toleration: ``operator: Exists`` with no key on a GPU workload."""
+"""wildcard-toleration: ``operator: Exists`` with no key, on any pod of a governed namespace (team
+isolation does not depend on what a pod requests)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ DEFAULT_ACTION = "deny"
 
 
 def check(t: Target) -> list[Finding]:
-    if not t.gpu:
-        return []
     out = []
     for i, tol in enumerate(podspec.tolerations(t.spec)):
         if not tol.get("key") and (tol.get("operator") or "Equal") == "Exists":
             out.append(
                 Finding(
                     t.path("spec", "tolerations", i),
-                    f"{t.describe} requests GPUs and tolerates every taint (operator: Exists with no key): it "
+                    f"{t.describe} tolerates every taint (operator: Exists with no key): it "
                     "would land on nodes that GPU health checks tainted as failing and on every team's reserved "
                     "nodes. Fix: tolerate the specific taint keys you need instead",
                 )

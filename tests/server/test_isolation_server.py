@@ -1,0 +1,63 @@
+"""Issue 11's bypasses through the real server (gunicorn, TLS, the default policies): each request below
+was admitted before; now /validate refuses it with the rule that says why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import Server, admission_review
+
+FOREIGN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "nlp", "effect": "NoSchedule"}
+OWN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}
+
+
+def _pod(tolerations: list[dict], owners: list[dict] | None = None, limits: dict | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "p", "namespace": "ml", "labels": {"spreadguard.io/team": "vision"}}
+    if owners:
+        meta["ownerReferences"] = owners
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "tolerations": tolerations,
+            "containers": [{"name": "c", "image": "busybox:1.36", "resources": {"limits": limits or {"cpu": "1"}}}],
+        },
+    }
+
+
+DAEMONSET = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u", "controller": True}]
+
+
+@pytest.mark.parametrize(
+    ("pod", "user", "rule"),
+    [
+        (_pod([FOREIGN]), "mallory", "foreign-team-toleration"),  # a CPU pod
+        (_pod([{"operator": "Exists"}], limits={"nvidia.com/mig-3g.40gb": 1}), "mallory", "wildcard-toleration"),
+        (_pod([FOREIGN], DAEMONSET), "mallory", "foreign-team-toleration"),  # a forged DaemonSet owner
+    ],
+    ids=["cpu-pod", "mig-slice", "forged-daemonset-owner"],
+)
+def test_bypasses_are_refused(server: Server, pod: dict, user: str, rule: str) -> None:
+    resp = server.post("/validate", admission_review(pod, "i-1", user=user)).json()["response"]
+    assert resp["allowed"] is False and f"[{rule}] spec.tolerations[0]" in resp["status"]["message"]
+
+
+def test_daemonset_pod_from_the_daemonset_controller_is_left_alone(server: Server) -> None:
+    review = admission_review(
+        _pod([{"operator": "Exists"}], DAEMONSET), "i-2", user="system:serviceaccount:kube-system:daemon-set-controller"
+    )
+    resp = server.post("/validate", review).json()["response"]
+    assert resp["allowed"] is True
+
+
+def test_a_toleration_added_to_an_existing_pod_is_judged(server: Server) -> None:
+    review = admission_review(_pod([OWN, FOREIGN]), "i-3", operation="UPDATE", user="mallory")
+    review["request"]["oldObject"] = _pod([OWN])
+    resp = server.post("/validate", review).json()["response"]
+    assert resp["allowed"] is False
+    assert "[foreign-team-toleration] spec.tolerations[1]" in resp["status"]["message"]
+    unchanged = admission_review(_pod([OWN]), "i-4", operation="UPDATE", user="mallory")
+    unchanged["request"]["oldObject"] = _pod([OWN])
+    assert server.post("/validate", unchanged).json()["response"]["allowed"] is True
