@@ -27,6 +27,7 @@ def review(uid: str, replicas: int, team_label: bool = True) -> dict:
         "kind": "PyTorchJob",
         "metadata": {"name": "big", "namespace": "ml"},
         "spec": {
+            "elasticPolicy": {"minReplicas": 1, "maxReplicas": replicas},  # elastic workers spread; a gang would not
             "pytorchReplicaSpecs": {
                 "Worker": {
                     "replicas": replicas,
@@ -37,7 +38,7 @@ def review(uid: str, replicas: int, team_label: bool = True) -> dict:
                         },
                     },
                 }
-            }
+            },
         },
     }
     return {

@@ -17,13 +17,13 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import exemptions, model, workloads
+from webhook.engine import classes, exemptions, model, scale, workloads
 from webhook.engine.model import Workload, WorkloadFacts
-from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
+from webhook.engine.mutators import FIELDS, MUTATOR_IDS, MUTATORS
 from webhook.engine.policy import Policy, effective_mode, matches
 from webhook.engine.rules import EXEMPTION_RULES, RULE_IDS, RULES
 from webhook.engine.target import Context, Finding, Target
-from webhook.engine.workloads import Group
+from webhook.engine.workloads import Group, Kind, Path
 
 __all__ = ["Context", "Decision", "Violation", "evaluate"]
 
@@ -93,6 +93,49 @@ def _touched(group: Group, obj: dict[str, Any], ctx: Context) -> bool:
     return bool(workloads.get(ctx.old_object, group.path) != workloads.get(obj, group.path))
 
 
+def _rescaled(workload: Workload, ctx: Context) -> set[Path]:
+    """On UPDATE, the groups whose replica count changed (``kubectl scale`` through the object, an
+    apply that only raises ``replicas``/``parallelism``): judged against pinning and schedulability
+    like a new group, though nothing is added to their (unchanged) templates."""
+    if ctx.operation != "UPDATE" or ctx.old_object is None:
+        return set()
+    old = model.read(ctx.old_object, workload.namespace)
+    if old is None:
+        return set()
+    before = {m.group.path: m.group.replicas for m in old.groups}
+    return {
+        m.group.path for m in workload.groups if m.group.path in before and before[m.group.path] != m.group.replicas
+    }
+
+
+# Pod template fields the API server lets change on UPDATE, by the kind's update rule:
+# batch/v1 Job while suspended and never started (validatePodTemplateUpdate with
+# AllowMutableSchedulingDirectives); JobSet while suspended (its webhook's ValidateUpdate).
+SCHEDULING_DIRECTIVES = {
+    workloads.UPDATE_JOB: frozenset({"labels", "annotations", "nodeSelector", "nodeAffinity", "tolerations"}),
+    workloads.UPDATE_JOBSET: frozenset({"labels", "annotations", "nodeSelector", "tolerations"}),
+}
+
+
+def update_scope(kind: Kind, obj: dict[str, Any], ctx: Context) -> frozenset[str] | None:
+    """The mutator ids allowed to run on this request; None: all (a CREATE, or templates are mutable).
+
+    A Job's template and podFailurePolicy are immutable; while Kueue holds a Job suspended it may
+    change the scheduling directives, and so may spreadguard (team tolerations, health avoidance).
+    """
+    if ctx.operation != "UPDATE" or kind.update == workloads.UPDATE_TEMPLATE:
+        return None
+    old = ctx.old_object or {}
+    allowed: frozenset[str] = frozenset()
+    if kind.update == workloads.UPDATE_JOB:
+        if workloads.get(old, ("spec", "suspend")) is True and not workloads.get(old, ("status", "startTime")):
+            allowed = SCHEDULING_DIRECTIVES[kind.update]
+    elif kind.update == workloads.UPDATE_JOBSET:
+        if workloads.get(old, ("spec", "suspend")) is True or workloads.get(obj, ("spec", "suspend")) is True:
+            allowed = SCHEDULING_DIRECTIVES[kind.update]
+    return frozenset(m for m, fields in FIELDS.items() if fields <= allowed)
+
+
 def _clone(value: Any) -> Any:
     """A copy of JSON data; marshal does it in C (several times faster than ``copy.deepcopy``)."""
     try:
@@ -143,6 +186,17 @@ def _diff(before: dict[str, Any], after: dict[str, Any], pointer: str = "") -> l
     return ops
 
 
+def _classes(workload: Workload, policy: Policy, info: list[str] | None = None) -> dict[Path, str]:
+    """Each group's placement class under ``policy`` (label and overrides applied)."""
+    out = {}
+    for m in workload.groups:
+        cls, note = classes.resolve(m.group, workload.obj, m.template, workload.kind, policy.spec)
+        out[m.group.path] = cls
+        if note and info is not None and note not in info:
+            info.append(note)
+    return out
+
+
 def _targets(
     copy: dict[str, Any],
     workload: Workload,
@@ -151,13 +205,18 @@ def _targets(
     policy: Policy,
     ctx: Context,
     exempt: frozenset[str],
+    placement: dict[Path, str],
 ) -> list[Target]:
-    """One target per group (``only`` those, when given), bound to its template inside ``copy``."""
+    """One target per group (``only`` those, when given), bound to its template inside ``copy``;
+    each group carries its class under ``policy``, and gang members their whole gang."""
+    pairs = workload.templates_in(copy, only)
+    everyone = [(m.group, m.template) for m in workload.groups]
+    gangs = classes.gangs(everyone, placement, policy.spec.gpuResources, workload.name)
     return [
         Target(
             obj=copy,
             kind=workload.kind,
-            group=group,
+            group=replace(group, placement=placement.get(group.path, group.placement)),
             template=template,
             workload_class=workload.workload_class,
             team=_team(copy, template, policy, ctx),
@@ -166,20 +225,24 @@ def _targets(
             policy=policy.spec,
             context=ctx,
             exempt=exempt,
+            gang=gangs.get(group.path),
         )
-        for group, template in workload.templates_in(copy, only)
+        for group, template in pairs
     ]
 
 
-def _mutate(targets: list[Target]) -> list[str]:
+def _mutate(targets: list[Target], scope: frozenset[str] | None, info: list[str]) -> list[str]:
+    """Run the mutators (only those in ``scope`` when given) on each target; returns their notes and
+    adds what they chose not to do to ``info``."""
     notes = []
     for t in targets:
         for mutator in MUTATORS:
-            if mutator.ID in t.exempt:
+            if mutator.ID in t.exempt or (scope is not None and mutator.ID not in scope):
                 continue
             note = mutator.mutate(t)
             if note:
                 notes.append(f"{mutator.ID}: {note}")
+        info.extend(i for i in t.info if i not in info)
     return notes
 
 
@@ -249,6 +312,9 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     decision = Decision(mutated=obj)
     if ctx.operation not in ACTING_OPERATIONS:
         return decision
+    if scale.is_scale(obj):
+        decision.info.extend(scale.judge(obj, ctx))
+        return decision
     workload = model.read(obj, ctx.namespace)
     if workload is None:
         return decision
@@ -265,6 +331,8 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
 
     mutated = _working_copy(obj)
     touched = [m.group for m in workload.groups if _touched(m.group, obj, ctx)]
+    judged = {g.path for g in touched} | _rescaled(workload, ctx)  # whose findings may deny
+    scope = update_scope(workload.kind, obj, ctx)
     run = _Run()
     owners: set[str] = set()
 
@@ -276,17 +344,19 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         decision.policies.append(policy.name)
         decision.modes[policy.name] = mode
         exempt = _exemption(obj, policy, ctx, mode, run, decision)
+        placement = _classes(workload, policy, decision.info)
         if mode == "dryrun":
             scratch = _working_copy(mutated)
-            would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt))
+            would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt, placement), scope, [])
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
             decision.dryrun_patch.extend(_diff(mutated, scratch))
         else:
-            targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt)
+            targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt, placement)
             owners |= {t.placement_owner for t in targets if t.placement_owner}
-            decision.notes.extend(_mutate(targets))
-        for rule_id, action, target, f in _check(_targets(mutated, workload, None, facts, policy, ctx, exempt), policy):
-            denies = mode == "enforce" and action == "deny" and target.group in touched
+            decision.notes.extend(_mutate(targets, scope, decision.info))
+        everyone = _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
+        for rule_id, action, target, f in _check(everyone, policy):
+            denies = mode == "enforce" and action == "deny" and target.group.path in judged
             run.add(rule_id, policy.name, f.path, f.message, denies)
 
     decision.info.extend(f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(owners))
