@@ -131,3 +131,36 @@ def test_unreachable_api_means_spec_only_with_a_warning(tls_files: TLSFiles, tmp
         assert any("cluster view not synced" in w and "decided from the spec alone" in w for w in resp["warnings"])
     finally:
         stop(server.process)
+
+
+def test_scale_subresource_is_judged_from_the_scale_and_the_node_view(cluster_server: Server) -> None:
+    """``kubectl scale deployment/llm --replicas=8`` as the API server sends it: an autoscaling/v1 Scale
+    for resource deployments, subresource scale. 8 replicas on 5 nodes must share nodes: a warning, no patch."""
+
+    def scale(uid: str, old: int, new: int) -> dict:
+        obj = {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "llm", "namespace": "ml"}}
+        return {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                "subResource": "scale",
+                "operation": "UPDATE",
+                "namespace": "ml",
+                "name": "llm",
+                "userInfo": {"username": "alice"},
+                "object": {**obj, "spec": {"replicas": new}},
+                "oldObject": {**obj, "spec": {"replicas": old}},
+            },
+        }
+
+    resp = cluster_server.post("/mutate", scale("s-1", 2, 8)).json()["response"]
+    assert resp["allowed"] is True and "patch" not in resp
+    assert any(
+        "scale deployments/llm 2 -> 8: the cluster has 5 schedulable nodes, so replicas must share nodes" in w
+        for w in resp["warnings"]
+    ), resp
+    within = cluster_server.post("/mutate", scale("s-2", 2, 4)).json()["response"]
+    assert within["allowed"] is True and "patch" not in within and "warnings" not in within
