@@ -199,3 +199,20 @@ def test_deployment_surge(strategy: dict | None, surge: int) -> None:
         obj["spec"]["strategy"] = strategy
     workload = model.read(obj)
     assert workload is not None and workload.groups[0].group.surge == surge
+
+
+def test_unschedulable_spread_never_denies_a_gang_that_is_not_spread() -> None:
+    """onShortage: deny judges the anti-affinity spreadguard would add; a compact gang gets none."""
+    anti = TRAINING.spec.mutate.antiAffinity
+    assert anti is not None
+    strict_mutate = TRAINING.spec.mutate.model_copy(
+        update={"antiAffinity": anti.model_copy(update={"onShortage": "deny"})}
+    )
+    strict = TRAINING.model_copy(update={"spec": TRAINING.spec.model_copy(update={"mutate": strict_mutate})})
+    small = cluster(node("a1", "zone-a"), node("a2", "zone-a"))
+    assert evaluate(pytorchjob(workers=6, gpus=8), Context(namespace="ml", cluster=small), [strict]).allowed
+    spread = strict.model_copy(
+        update={"spec": strict.spec.model_copy(update={"placement": Placement(spreadGangs=True)})}
+    )
+    d = evaluate(pytorchjob(workers=6, gpus=8), Context(namespace="ml", cluster=small), [spread])
+    assert [v.rule for v in d.violations] == ["unschedulable-spread"]

@@ -6,7 +6,8 @@ restarts all of it; the note says how many.
 
 The first pod of a gang matches its own required term, which the scheduler accepts when no other
 pod matches yet: it picks the zone, the rest follow. A node without the zone label would leave the
-rest nowhere to go, so required also needs every eligible node to carry the label.
+rest nowhere to go, so required also needs every eligible node to carry the label. "Can hold" counts
+allocatable GPUs, not free ones: in a busy zone the rest of the gang waits there for capacity.
 """
 
 from __future__ import annotations
