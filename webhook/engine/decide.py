@@ -231,6 +231,27 @@ def _targets(
     ]
 
 
+def _judged(
+    mutated: dict[str, Any],
+    workload: Workload,
+    touched: list[Group],
+    facts: WorkloadFacts,
+    policy: Policy,
+    ctx: Context,
+    exempt: frozenset[str],
+    placement: dict[Path, str],
+) -> list[Target]:
+    """Targets for the rules: every group as its pods will be. Groups left untouched on UPDATE get what
+    the Pod backstop will add to their pods (team tolerations, health avoidance...) in a scratch copy,
+    so that e.g. the eligible nodes of a rescaled group count its team's nodes."""
+    if len(touched) == len(workload.groups):
+        return _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
+    scratch = _working_copy(mutated)
+    untouched = [m.group for m in workload.groups if m.group not in touched]
+    _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), None, [])
+    return _targets(scratch, workload, None, facts, policy, ctx, exempt, placement)
+
+
 def _mutate(targets: list[Target], scope: frozenset[str] | None, info: list[str]) -> list[str]:
     """Run the mutators (only those in ``scope`` when given) on each target; returns their notes and
     adds what they chose not to do to ``info``."""
@@ -354,8 +375,9 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
             targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt, placement)
             owners |= {t.placement_owner for t in targets if t.placement_owner}
             decision.notes.extend(_mutate(targets, scope, decision.info))
-        everyone = _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
-        for rule_id, action, target, f in _check(everyone, policy):
+        for rule_id, action, target, f in _check(
+            _judged(mutated, workload, touched, facts, policy, ctx, exempt, placement), policy
+        ):
             denies = mode == "enforce" and action == "deny" and target.group.path in judged
             run.add(rule_id, policy.name, f.path, f.message, denies)
 
