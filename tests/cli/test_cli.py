@@ -42,9 +42,11 @@ def docs(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d is not None]
 
 
-def worker_anti_affinity(obj: dict) -> list[dict]:
+def worker_gang_affinity(obj: dict) -> list[dict]:
+    """The PyTorchJob's workers are a gang: kept in one zone (preferred without a cluster view), not spread."""
     spec = obj["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
-    return spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert "podAntiAffinity" not in spec["affinity"]
+    return spec["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
 
 
 # ------------------------------------------------------------------------------------------ help
@@ -95,19 +97,17 @@ def test_evaluate_prints_the_mutated_object() -> None:
     assert run.code == 0, str(run)
     [obj] = docs(run.out)
     assert obj["kind"] == "PyTorchJob"
-    assert worker_anti_affinity(obj) == [
+    assert worker_gang_affinity(obj) == [
         {
-            "labelSelector": {
-                "matchLabels": {
-                    "training.kubeflow.org/job-name": "vit-pretrain",
-                    "training.kubeflow.org/replica-type": "worker",
-                }
+            "weight": 50,
+            "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {"training.kubeflow.org/job-name": "vit-pretrain"}},
+                "topologyKey": "topology.kubernetes.io/zone",
             },
-            "topologyKey": "kubernetes.io/hostname",
         }
     ]
     assert "PyTorchJob ml/vit-pretrain: allowed" in run.err
-    assert "anti-affinity" in run.err
+    assert "gang-affinity" in run.err
 
 
 def test_evaluate_denied_exits_1_and_names_the_rule() -> None:
@@ -129,7 +129,7 @@ def test_evaluate_reads_stdin_multi_document_and_lists() -> None:
     assert listed["kind"] == "List"
     out = listed["items"]
     assert [o["kind"] for o in out] == ["PyTorchJob", "Deployment", "StatefulSet"]
-    assert worker_anti_affinity(out[0])
+    assert worker_gang_affinity(out[0])
     for obj in out[1:]:
         assert obj["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"] == (
             "topology.kubernetes.io/zone"

@@ -18,6 +18,8 @@ from webhook.engine.target import Context
 
 PINNED = yaml.safe_load((REPO / "examples" / "denied" / "single-node-pinning.yaml").read_text())
 SPREADABLE = yaml.safe_load((REPO / "examples" / "pytorchjob.yaml").read_text())
+# elastic workers spread over hosts (a plain PyTorchJob is a gang, kept compact instead)
+SPREADABLE["spec"]["elasticPolicy"] = {"minReplicas": 2, "maxReplicas": 4, "rdzvBackend": "c10d"}
 TRAINING = next(p for p in load_policies(REPO / "policies") if p.name == "training")
 assert TRAINING.name == "training"
 

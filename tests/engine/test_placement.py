@@ -92,17 +92,19 @@ def test_classes_fold_identical_nodes() -> None:
 
 
 def job(replicas: int) -> dict:
+    """An elastic PyTorchJob: its workers are spread over hosts (a non-elastic one is a compact gang)."""
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
         "metadata": {"name": "big", "namespace": "ml"},
         "spec": {
+            "elasticPolicy": {"minReplicas": 1, "maxReplicas": replicas, "rdzvBackend": "c10d"},
             "pytorchReplicaSpecs": {
                 "Worker": {
                     "replicas": replicas,
                     "template": {"metadata": {"labels": {TEAM: "vision"}}, "spec": {"containers": GPU8}},
                 }
-            }
+            },
         },
     }
 

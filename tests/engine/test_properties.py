@@ -218,7 +218,7 @@ def test_mutated_builtin_objects_are_valid_kubernetes(case: Case) -> None:
 CRD_CASES = [c for c in ALL_CASES if (c.obj["apiVersion"], c.obj["kind"]) not in BUILTIN]
 
 
-TEMPLATE_CASES = [c for c in CRD_CASES if c.obj["kind"] not in ("Widget", "TrainJob")]
+TEMPLATE_CASES = [c for c in CRD_CASES if c.obj["kind"] not in ("Widget", "TrainJob", "Scale")]  # Scale: no template
 
 
 @pytest.mark.parametrize("case", _params(TEMPLATE_CASES))
@@ -526,6 +526,15 @@ def _zone_constraints(template: dict, labels: dict[str, str]) -> list[dict]:
     ]
 
 
+def _zone_pair_taken(template: dict) -> bool:
+    """The API allows one constraint per (topologyKey, whenUnsatisfiable) pair (validateTopologySpreadConstraints:
+    Duplicate value): a user's zone/ScheduleAnyway constraint for other pods leaves no room for spreadguard's."""
+    return any(
+        c.get("topologyKey") == ZONE and c.get("whenUnsatisfiable") == "ScheduleAnyway"
+        for c in (template.get("spec") or {}).get("topologySpreadConstraints") or []
+    )
+
+
 USER_LISTS = [
     ("affinity", "podAntiAffinity", "requiredDuringSchedulingIgnoredDuringExecution"),
     ("affinity", "podAntiAffinity", "preferredDuringSchedulingIgnoredDuringExecution"),
@@ -581,13 +590,16 @@ def test_generated_workloads(g: Generated) -> None:
         return
     assert spreading == [g.workload_class]
 
+    # a PyTorchJob without elasticPolicy is a gang (design.md, placement doctrine): kept compact, never
+    # spread over hosts or zones; Deployments are replicas
+    spreads = g.kind != "PyTorchJob"
     had = _spreading(before, g.pod_labels, HOSTNAME)
     now = _spreading(after, g.pod_labels, HOSTNAME)
     event(
         f"{g.workload_class}, {'several replicas' if g.replicas >= 2 else 'one replica'}, "
         f"{'already spread by the user' if had else 'not spread by the user'}"
     )
-    if g.replicas >= 2 and not had:
+    if g.replicas >= 2 and not had and spreads:
         assert len(now) == 1, f"expected exactly one hostname anti-affinity term for the group, got {now}"
         want = "required" if g.workload_class == "training" else "preferred"
         assert now[0][0] == want, f"{g.workload_class} workloads get {want} anti-affinity, got {now[0][0]}"
@@ -599,7 +611,7 @@ def test_generated_workloads(g: Generated) -> None:
         assert len(after["spec"].get("topologySpreadConstraints") or []) == len(
             before["spec"].get("topologySpreadConstraints") or []
         ), "a training workload got a topology spread constraint"
-    elif g.replicas >= 2 and not zones_before:
+    elif g.replicas >= 2 and not zones_before and spreads and not _zone_pair_taken(before):
         assert len(zones_after) == 1, f"serving group not spread over zones: {zones_after}"
     else:
         assert zones_after == zones_before
@@ -621,8 +633,8 @@ def _pytorchjob() -> dict:
 NULLABLE = [
     ("pytorchjob", ("spec", "tolerations")),
     ("pytorchjob", ("spec", "affinity")),
-    ("pytorchjob", ("spec", "affinity", "podAntiAffinity")),
-    ("pytorchjob", ("spec", "affinity", "podAntiAffinity", "requiredDuringSchedulingIgnoredDuringExecution")),
+    ("pytorchjob", ("spec", "affinity", "podAffinity")),  # the gang's workers get pod affinity to one zone
+    ("pytorchjob", ("spec", "affinity", "podAffinity", "preferredDuringSchedulingIgnoredDuringExecution")),
     ("deployment", ("spec", "topologySpreadConstraints")),
     ("cronjob", ("metadata", "labels")),
 ]
@@ -659,6 +671,7 @@ def test_anti_affinity_to_another_namespace_does_not_count_as_spread() -> None:
     """A hostname anti-affinity term limited to another namespace does not repel the group's own pods,
     so spreadguard must still add one."""
     obj = _pytorchjob()
+    obj["spec"]["elasticPolicy"] = {"minReplicas": 2, "maxReplicas": 4}  # elastic workers spread (a gang would not)
     worker = obj["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
     other_ns = {
         "labelSelector": {"matchLabels": {PT_TYPE: "worker"}},

@@ -64,7 +64,10 @@ def pytorchjob(replicas: int) -> dict:
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
         "metadata": {"name": "big", "namespace": "ml"},
-        "spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": replicas, "template": {"spec": {"containers": gpu8}}}}},
+        "spec": {
+            "elasticPolicy": {"minReplicas": 1, "maxReplicas": replicas},  # elastic workers spread; a gang would not
+            "pytorchReplicaSpecs": {"Worker": {"replicas": replicas, "template": {"spec": {"containers": gpu8}}}},
+        },
     }
 
 

@@ -27,6 +27,7 @@ def review(uid: str, replicas: int, team_label: bool = True) -> dict:
         "kind": "PyTorchJob",
         "metadata": {"name": "big", "namespace": "ml"},
         "spec": {
+            "elasticPolicy": {"minReplicas": 1, "maxReplicas": replicas},  # elastic workers spread; a gang would not
             "pytorchReplicaSpecs": {
                 "Worker": {
                     "replicas": replicas,
@@ -37,7 +38,7 @@ def review(uid: str, replicas: int, team_label: bool = True) -> dict:
                         },
                     },
                 }
-            }
+            },
         },
     }
     return {
@@ -175,3 +176,36 @@ def test_isolation_from_the_watched_namespace_and_nodes(cluster_server: Server) 
     assert cordoned["allowed"] is False and "names node nlp-cordoned" in cordoned["status"]["message"]
     own = cluster_server.post("/validate", _pod_review("own", {}, {"nodeName": "gpu-0"})).json()["response"]
     assert own["allowed"] is True
+
+
+def test_scale_subresource_is_judged_from_the_scale_and_the_node_view(cluster_server: Server) -> None:
+    """``kubectl scale deployment/llm --replicas=8`` as the API server sends it: an autoscaling/v1 Scale
+    for resource deployments, subresource scale. 8 replicas on 5 nodes must share nodes: a warning, no patch."""
+
+    def scale(uid: str, old: int, new: int) -> dict:
+        obj = {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "llm", "namespace": "ml"}}
+        return {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                "subResource": "scale",
+                "operation": "UPDATE",
+                "namespace": "ml",
+                "name": "llm",
+                "userInfo": {"username": "alice"},
+                "object": {**obj, "spec": {"replicas": new}},
+                "oldObject": {**obj, "spec": {"replicas": old}},
+            },
+        }
+
+    resp = cluster_server.post("/mutate", scale("s-1", 2, 8)).json()["response"]
+    assert resp["allowed"] is True and "patch" not in resp
+    assert any(
+        "scale deployments/llm 2 -> 8: the cluster has 5 schedulable nodes, so replicas must share nodes" in w
+        for w in resp["warnings"]
+    ), resp
+    within = cluster_server.post("/mutate", scale("s-2", 2, 4)).json()["response"]
+    assert within["allowed"] is True and "patch" not in within and "warnings" not in within

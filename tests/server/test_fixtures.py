@@ -20,6 +20,7 @@ from webhook.server.review import review
 FIXTURES = FIXTURES_DIR
 POLICIES = load_policies(REPO / "policies")
 HOST = "kubernetes.io/hostname"
+KF_JOB = "training.kubeflow.org/job-name"
 TEAM_TOLERATION = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}
 REQ = "requiredDuringSchedulingIgnoredDuringExecution"
 PREF = "preferredDuringSchedulingIgnoredDuringExecution"
@@ -45,13 +46,9 @@ def at(obj: dict, path: str) -> dict:
     return cur
 
 
-# fixture, pod template path, the selector its pods get (None: no anti-affinity expected)
+# fixture, pod template path, the selector its pods get (None: no anti-affinity expected).
+# Replica and elastic groups are spread over hosts (design.md, placement doctrine).
 TRAINING = [
-    (
-        "100-PyTorchJob-bert-CREATE-mutate.json",
-        "spec/pytorchReplicaSpecs/Worker/template",
-        {"training.kubeflow.org/job-name": "bert", "training.kubeflow.org/replica-type": "worker"},
-    ),
     ("100-PyTorchJob-bert-CREATE-mutate.json", "spec/pytorchReplicaSpecs/Master/template", None),
     (
         "102-PyTorchJob-elastic-gpt-CREATE-mutate.json",
@@ -60,36 +57,11 @@ TRAINING = [
     ),
     (
         "104-TFJob-resnet-CREATE-mutate.json",
-        "spec/tfReplicaSpecs/Worker/template",
-        {"training.kubeflow.org/job-name": "resnet", "training.kubeflow.org/replica-type": "worker"},
-    ),
-    (
-        "104-TFJob-resnet-CREATE-mutate.json",
         "spec/tfReplicaSpecs/PS/template",
         {"training.kubeflow.org/job-name": "resnet", "training.kubeflow.org/replica-type": "ps"},
     ),
     ("104-TFJob-resnet-CREATE-mutate.json", "spec/tfReplicaSpecs/Chief/template", None),
-    (
-        "106-MPIJob-allreduce-CREATE-mutate.json",
-        "spec/mpiReplicaSpecs/Worker/template",
-        {"training.kubeflow.org/job-name": "allreduce", "training.kubeflow.org/replica-type": "worker"},
-    ),
     ("106-MPIJob-allreduce-CREATE-mutate.json", "spec/mpiReplicaSpecs/Launcher/template", None),
-    (
-        "108-XGBoostJob-xgb-CREATE-mutate.json",
-        "spec/xgbReplicaSpecs/Worker/template",
-        {"training.kubeflow.org/job-name": "xgb", "training.kubeflow.org/replica-type": "worker"},
-    ),
-    (
-        "110-JobSet-pretrain-CREATE-mutate.json",
-        "spec/replicatedJobs/0/template/spec/template",
-        {"jobset.sigs.k8s.io/jobset-name": "pretrain", "jobset.sigs.k8s.io/replicatedjob-name": "workers"},
-    ),
-    (
-        "112-JobSet-excl-CREATE-mutate.json",
-        "spec/replicatedJobs/0/template/spec/template",
-        {"jobset.sigs.k8s.io/jobset-name": "excl", "jobset.sigs.k8s.io/replicatedjob-name": "slice"},
-    ),
     (
         "116-RayCluster-rl-CREATE-mutate.json",
         "spec/workerGroupSpecs/0/template",
@@ -101,24 +73,26 @@ TRAINING = [
         "spec/rayClusterSpec/workerGroupSpecs/0/template",
         {"spreadguard.io/group": "rayjob-tune-gpu-workers"},
     ),
-    (
-        "122-Job-mpi-train-CREATE-mutate.json",
-        "spec/tasks/1/template",
-        {"volcano.sh/job-name": "mpi-train", "volcano.sh/task-spec": "worker"},
-    ),
     ("122-Job-mpi-train-CREATE-mutate.json", "spec/tasks/0/template", None),
-    # Pods from operators, matched to their group by labels (the backstop)
-    (
-        "128-Pod-bert-worker-0-CREATE-mutate.json",
-        "",
-        {"training.kubeflow.org/job-name": "bert", "training.kubeflow.org/replica-type": "worker"},
-    ),
-    (
-        "130-Pod-pretrain-workers-0-1-CREATE-mutate.json",
-        "",
-        {"jobset.sigs.k8s.io/jobset-name": "pretrain", "jobset.sigs.k8s.io/replicatedjob-name": "workers"},
-    ),
     ("132-Pod-rl-gpu-workers-abcde-CREATE-mutate.json", "", {"ray.io/cluster": "rl", "ray.io/group": "gpu-workers"}),
+]
+
+# Gangs (synchronous training: any node failure restarts all of it) are kept compact, never spread
+# over hosts: fixture, pod template path, the selector of the whole gang.
+GANGS = [
+    ("100-PyTorchJob-bert-CREATE-mutate.json", "spec/pytorchReplicaSpecs/Worker/template", {KF_JOB: "bert"}),
+    ("104-TFJob-resnet-CREATE-mutate.json", "spec/tfReplicaSpecs/Worker/template", {KF_JOB: "resnet"}),
+    ("106-MPIJob-allreduce-CREATE-mutate.json", "spec/mpiReplicaSpecs/Worker/template", {KF_JOB: "allreduce"}),
+    ("108-XGBoostJob-xgb-CREATE-mutate.json", "spec/xgbReplicaSpecs/Worker/template", {KF_JOB: "xgb"}),
+    (
+        "110-JobSet-pretrain-CREATE-mutate.json",
+        "spec/replicatedJobs/0/template/spec/template",
+        {"jobset.sigs.k8s.io/jobset-name": "pretrain"},
+    ),
+    ("122-Job-mpi-train-CREATE-mutate.json", "spec/tasks/1/template", {"volcano.sh/job-name": "mpi-train"}),
+    # Pods from operators, matched to their gang by labels (the backstop)
+    ("128-Pod-bert-worker-0-CREATE-mutate.json", "", {KF_JOB: "bert"}),
+    ("130-Pod-pretrain-workers-0-1-CREATE-mutate.json", "", {"jobset.sigs.k8s.io/jobset-name": "pretrain"}),
 ]
 
 
@@ -139,6 +113,19 @@ def test_training_fixture_mutation(name: str, path: str, selector: dict | None) 
     else:  # a Pod whose workload was not mutated: its group size is unknown, so preferred, never Pending
         assert anti == {PREF: [{"weight": 100, "podAffinityTerm": term}]}
     assert "topologySpreadConstraints" not in spec  # training is not scattered across zones
+
+
+@pytest.mark.parametrize(("name", "path", "gang"), GANGS, ids=[f"{n[:3]}:{p or 'pod'}" for n, p, _ in GANGS])
+def test_gang_fixture_is_kept_compact(name: str, path: str, gang: dict) -> None:
+    req, resp, after = mutate(name)
+    assert resp["allowed"] is True
+    spec = (at(after, path) if path else after)["spec"]
+    assert TEAM_TOLERATION in spec["tolerations"]
+    assert "podAntiAffinity" not in spec["affinity"] and "topologySpreadConstraints" not in spec
+    zone = {"labelSelector": {"matchLabels": gang}, "topologyKey": "topology.kubernetes.io/zone"}
+    # no cluster view in this test server: one zone is preferred, and the warning says why
+    assert {"weight": 50, "podAffinityTerm": zone} in spec["affinity"]["podAffinity"][PREF]
+    assert any("no cluster view to check a zone can hold it" in w for w in resp["warnings"])
 
 
 def test_controller_pod_with_generate_name_only_is_mutated() -> None:

@@ -37,6 +37,8 @@ from webhook.server import reload
 from webhook.server.app import create_app, get_state
 
 PYTORCHJOB = yaml.safe_load((REPO / "examples" / "pytorchjob.yaml").read_text())
+# elastic workers are spread over hosts (anti-affinity mode shows the policy); a plain PyTorchJob is a gang
+PYTORCHJOB["spec"]["elasticPolicy"] = {"minReplicas": 2, "maxReplicas": 4, "rdzvBackend": "c10d"}
 BODY = json.dumps(admission_review(PYTORCHJOB, "reload")).encode()
 
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import jsonpatch
 
-from webhook.engine import exemptions, grants, model, owners, podspec, workloads
+from webhook.engine import classes, exemptions, grants, model, owners, podspec, scale, workloads
 from webhook.engine.ids import ISOLATION_RULE_IDS
 from webhook.engine.model import Workload, WorkloadFacts
-from webhook.engine.mutators import MUTATOR_IDS, MUTATORS
+from webhook.engine.mutators import FIELDS, MUTATOR_IDS, MUTATORS
 from webhook.engine.policy import Policy, effective_mode, matches
 from webhook.engine.rules import EXEMPTION_RULES, RULE_IDS, RULES
 from webhook.engine.target import Context, Finding, Target
-from webhook.engine.workloads import Group
+from webhook.engine.workloads import Group, Kind, Path
 
 __all__ = ["Context", "Decision", "Violation", "evaluate"]
 
@@ -122,6 +122,49 @@ def _added_tolerations(obj: dict[str, Any], workload: Workload, ctx: Context) ->
     }
 
 
+def _rescaled(workload: Workload, ctx: Context) -> set[Path]:
+    """On UPDATE, the groups whose replica count changed (``kubectl scale`` through the object, an
+    apply that only raises ``replicas``/``parallelism``): judged against pinning and schedulability
+    like a new group, though nothing is added to their (unchanged) templates."""
+    if ctx.operation != "UPDATE" or ctx.old_object is None:
+        return set()
+    old = model.read(ctx.old_object, workload.namespace)
+    if old is None:
+        return set()
+    before = {m.group.path: m.group.replicas for m in old.groups}
+    return {
+        m.group.path for m in workload.groups if m.group.path in before and before[m.group.path] != m.group.replicas
+    }
+
+
+# Pod template fields the API server lets change on UPDATE, by the kind's update rule:
+# batch/v1 Job while suspended and never started (validatePodTemplateUpdate with
+# AllowMutableSchedulingDirectives); JobSet while suspended (its webhook's ValidateUpdate).
+SCHEDULING_DIRECTIVES = {
+    workloads.UPDATE_JOB: frozenset({"labels", "annotations", "nodeSelector", "nodeAffinity", "tolerations"}),
+    workloads.UPDATE_JOBSET: frozenset({"labels", "annotations", "nodeSelector", "tolerations"}),
+}
+
+
+def update_scope(kind: Kind, obj: dict[str, Any], ctx: Context) -> frozenset[str] | None:
+    """The mutator ids allowed to run on this request; None: all (a CREATE, or templates are mutable).
+
+    A Job's template and podFailurePolicy are immutable; while Kueue holds a Job suspended it may
+    change the scheduling directives, and so may spreadguard (team tolerations, health avoidance).
+    """
+    if ctx.operation != "UPDATE" or kind.update == workloads.UPDATE_TEMPLATE:
+        return None
+    old = ctx.old_object or {}
+    allowed: frozenset[str] = frozenset()
+    if kind.update == workloads.UPDATE_JOB:
+        if workloads.get(old, ("spec", "suspend")) is True and not workloads.get(old, ("status", "startTime")):
+            allowed = SCHEDULING_DIRECTIVES[kind.update]
+    elif kind.update == workloads.UPDATE_JOBSET:
+        if workloads.get(old, ("spec", "suspend")) is True or workloads.get(obj, ("spec", "suspend")) is True:
+            allowed = SCHEDULING_DIRECTIVES[kind.update]
+    return frozenset(m for m, fields in FIELDS.items() if fields <= allowed)
+
+
 def _clone(value: Any) -> Any:
     """A copy of JSON data; marshal does it in C (several times faster than ``copy.deepcopy``)."""
     try:
@@ -172,6 +215,17 @@ def _diff(before: dict[str, Any], after: dict[str, Any], pointer: str = "") -> l
     return ops
 
 
+def _classes(workload: Workload, policy: Policy, info: list[str] | None = None) -> dict[Path, str]:
+    """Each group's placement class under ``policy`` (label and overrides applied)."""
+    out = {}
+    for m in workload.groups:
+        cls, note = classes.resolve(m.group, workload.obj, m.template, workload.kind, policy.spec)
+        out[m.group.path] = cls
+        if note and info is not None and note not in info:
+            info.append(note)
+    return out
+
+
 def _targets(
     copy: dict[str, Any],
     workload: Workload,
@@ -180,14 +234,19 @@ def _targets(
     policy: Policy,
     ctx: Context,
     exempt: _Exempt,
+    placement: dict[Path, str],
 ) -> list[Target]:
-    """One target per group (``only`` those, when given), bound to its template inside ``copy``."""
+    """One target per group (``only`` those, when given), bound to its template inside ``copy``;
+    each group carries its class under ``policy``, and gang members their whole gang."""
     ns_team, source = namespace_team(policy, ctx)
+    pairs = workload.templates_in(copy, only)
+    everyone = [(m.group, m.template) for m in workload.groups]
+    gangs = classes.gangs(everyone, placement, policy.spec.gpuResources, workload.name)
     return [
         Target(
             obj=copy,
             kind=workload.kind,
-            group=group,
+            group=replace(group, placement=placement.get(group.path, group.placement)),
             template=template,
             workload_class=workload.workload_class,
             team=_team(copy, template, ns_team),
@@ -199,20 +258,45 @@ def _targets(
             exempt_stamp=exempt.stamp,
             namespace_team=ns_team,
             namespace_team_source=source,
+            gang=gangs.get(group.path),
         )
-        for group, template in workload.templates_in(copy, only)
+        for group, template in pairs
     ]
 
 
-def _mutate(targets: list[Target]) -> list[str]:
+def _judged(
+    mutated: dict[str, Any],
+    workload: Workload,
+    touched: list[Group],
+    facts: WorkloadFacts,
+    policy: Policy,
+    ctx: Context,
+    exempt: _Exempt,
+    placement: dict[Path, str],
+) -> list[Target]:
+    """Targets for the rules: every group as its pods will be. Groups left untouched on UPDATE get what
+    the Pod backstop will add to their pods (team tolerations, health avoidance...) in a scratch copy,
+    so that e.g. the eligible nodes of a rescaled group count its team's nodes."""
+    if len(touched) == len(workload.groups):
+        return _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
+    scratch = _working_copy(mutated)
+    untouched = [m.group for m in workload.groups if m.group not in touched]
+    _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), None, [])
+    return _targets(scratch, workload, None, facts, policy, ctx, exempt, placement)
+
+
+def _mutate(targets: list[Target], scope: frozenset[str] | None, info: list[str]) -> list[str]:
+    """Run the mutators (only those in ``scope`` when given) on each target; returns their notes and
+    adds what they chose not to do to ``info``."""
     notes = []
     for t in targets:
         for mutator in MUTATORS:
-            if mutator.ID in t.exempt:
+            if mutator.ID in t.exempt or (scope is not None and mutator.ID not in scope):
                 continue
             note = mutator.mutate(t)
             if note:
                 notes.append(f"{mutator.ID}: {note}")
+        info.extend(i for i in t.info if i not in info)
     return notes
 
 
@@ -305,6 +389,9 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     decision = Decision(mutated=obj)
     if ctx.operation not in ACTING_OPERATIONS:
         return decision
+    if scale.is_scale(obj):
+        decision.info.extend(scale.judge(obj, ctx))
+        return decision
     workload = model.read(obj, ctx.namespace, owners.trusted_per_node(obj, ctx))
     if workload is None:
         return decision
@@ -322,6 +409,8 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     mutated = _working_copy(obj)
     touched = [m.group for m in workload.groups if _touched(m.group, obj, ctx)]
     added = _added_tolerations(obj, workload, ctx)  # a Pod UPDATE: only the isolation of new tolerations
+    judged = {g.path for g in touched} | _rescaled(workload, ctx)  # whose findings may deny
+    scope = update_scope(workload.kind, obj, ctx)
     run = _Run()
     placement_owners: set[str] = set()
 
@@ -333,18 +422,21 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         decision.policies.append(policy.name)
         decision.modes[policy.name] = mode
         exempt = _exemption(obj, workload, policy, ctx, mode, run, decision)
+        placement = _classes(workload, policy, decision.info)
         if mode == "dryrun":
             scratch = _working_copy(mutated)
-            would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt))
+            would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt, placement), scope, [])
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
             decision.dryrun_patch.extend(_diff(mutated, scratch))
         else:
-            targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt)
+            targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt, placement)
             placement_owners |= {t.placement_owner for t in targets if t.placement_owner}
-            decision.notes.extend(_mutate(targets))
-        for rule_id, action, target, f in _check(_targets(mutated, workload, None, facts, policy, ctx, exempt), policy):
+            decision.notes.extend(_mutate(targets, scope, decision.info))
+        for rule_id, action, target, f in _check(
+            _judged(mutated, workload, touched, facts, policy, ctx, exempt, placement), policy
+        ):
             if added is None:
-                denies = mode == "enforce" and action == "deny" and target.group in touched
+                denies = mode == "enforce" and action == "deny" and target.group.path in judged
             elif rule_id in ISOLATION_RULE_IDS:
                 denies = mode == "enforce" and action == "deny" and f.path in added
             else:

@@ -19,6 +19,7 @@ TEMPLATE_RULE_IDS = (
     "singleton-role",
     "node-local-checkpoint",
     "preemption-disabled",
+    "exclusive-hostname",
 )
 # rules that judge the spreadguard.io/exempt annotation itself
 EXEMPTION_RULE_IDS = ("anti-affinity-disabled", "exemption-unauthorized")

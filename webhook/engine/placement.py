@@ -151,8 +151,9 @@ def _tolerated(tolerations: list[dict[str, Any]], key: str, value: str, effect: 
     return any(podspec.tolerates(t, key, value, effect) for t in tolerations)
 
 
-def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
-    """How many nodes a pod with ``spec`` could be scheduled on, by selectors, affinity, taints, GPUs.
+def eligible_classes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> list[tuple[NodeClass, int]]:
+    """(class, how many of its nodes) a pod with ``spec`` could be scheduled on, by selectors, affinity,
+    taints and GPUs.
 
     Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
     those tuples); the per-host loop only runs when the pod selects nodes by label.
@@ -163,7 +164,7 @@ def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[
     need = podspec.gpu_count(spec, gpu_resources)
     taints_ok: dict[tuple[Any, ...], bool] = {}
     gpus_ok: dict[tuple[Any, ...], bool] = {}
-    total = 0
+    out: list[tuple[NodeClass, int]] = []
     for cls in view.classes:
         if cls.taints not in taints_ok:
             taints_ok[cls.taints] = not any(
@@ -178,22 +179,53 @@ def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[
         if not gpus_ok[cls.gpus]:
             continue
         if not selector and not terms:
-            total += cls.count
+            out.append((cls, cls.count))
             continue
         shared = dict(cls.labels)
+        count = 0
         for host in cls.hostnames:
             labels = {**shared, "kubernetes.io/hostname": host}
             if any(labels.get(k) != v for k, v in selector.items()):
                 continue
             if terms and not any(_host_ok(t, labels) for t in terms):
                 continue
-            total += 1
-    return total
+            count += 1
+        if count:
+            out.append((cls, count))
+    return out
+
+
+def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
+    """How many nodes a pod with ``spec`` could be scheduled on."""
+    return sum(n for _cls, n in eligible_classes(view, spec, gpu_resources))
+
+
+def node_gpus(cls: NodeClass, gpu_resources: list[str]) -> int:
+    gpus = dict(cls.gpus)
+    return max((gpus.get(r, 0) for r in gpu_resources), default=0)
+
+
+def eligible_by_label(
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], key: str
+) -> dict[str | None, tuple[int, int]]:
+    """Eligible nodes per value of the node label ``key`` (None: nodes without it), as
+    (nodes, GPUs of the smallest of them): what one zone can hold."""
+    out: dict[str | None, tuple[int, int]] = {}
+    for cls, count in eligible_classes(view, spec, gpu_resources):
+        value = dict(cls.labels).get(key)
+        nodes, gpus = out.get(value, (0, 1 << 30))
+        out[value] = (nodes + count, min(gpus, node_gpus(cls, gpu_resources)))
+    return out
+
+
+def largest_node_gpus(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
+    """GPUs of the largest node the pod could use (0 when none)."""
+    return max((node_gpus(c, gpu_resources) for c, _n in eligible_classes(view, spec, gpu_resources)), default=0)
 
 
 def shortage(t: Any) -> str | None:
-    """Why ``t``'s group cannot get one node per replica, from the cluster view; None when it can
-    (or when there is no synced view to tell)."""
+    """Why ``t``'s group cannot get one node per pod (replicas plus a rolling update's surge), from the
+    cluster view; None when it can (or when there is no synced view to tell)."""
     view = t.context.cluster
     if view is None or not view.synced or t.group.replicas is None or t.group.replicas < 2:
         return None
@@ -201,9 +233,11 @@ def shortage(t: Any) -> str | None:
     if cfg is None or cfg.topologyKey != "kubernetes.io/hostname":
         return None
     eligible = eligible_nodes(view, t.spec, t.policy.gpuResources)
-    if eligible >= t.group.replicas:
+    needed = t.group.replicas + t.group.surge
+    if eligible >= needed:
         return None
     owner = f"team {t.team} has" if t.team else "the cluster has"
-    return f"{t.group.replicas} replicas need {t.group.replicas} nodes; {owner} {eligible} eligible node" + (
+    surge = f" + {t.group.surge} surge" if t.group.surge else ""
+    return f"{t.group.replicas} replicas{surge} need {needed} nodes; {owner} {eligible} eligible node" + (
         "s" if eligible != 1 else ""
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -100,12 +100,24 @@ class TeamTolerations(_Strict):
 
 
 class GangAffinity(_Strict):
-    """Keep a tightly coupled training gang close: preferred pod affinity of the whole job to one
-    rack/block, while its replicas still spread over hosts."""
+    """Keep a synchronous gang compact (placement class gang): its pods on the fewest nodes, in one
+    zone, preferably one rack/block. Every node a gang uses is one more failure that restarts it."""
 
     enabled: bool = True
-    topologyKey: str = Field(description="Rack or block label, e.g. cloud.google.com/gce-topology-block.")
-    weight: int = Field(50, ge=1, le=100)
+    zoneKey: str = Field("topology.kubernetes.io/zone", description="Node label naming the zone.")
+    zone: Literal["required", "preferred", "off"] = Field(
+        "required",
+        description="Pod affinity of the gang to one zone. required is injected only when the cluster view "
+        "shows every zone the gang could start in can hold all of it; otherwise preferred, with the reason.",
+    )
+    blockKeys: list[str] = Field(
+        default_factory=list,
+        description="Rack/block labels to keep the gang in (preferred), e.g. cloud.google.com/gce-topology-block.",
+    )
+    compactHosts: bool = Field(
+        True, description="Preferred pod affinity on kubernetes.io/hostname, so pods that fit together share nodes."
+    )
+    weight: int = Field(50, ge=1, le=100, description="Weight of each preferred term.")
 
 
 class NodeLabelAvoid(_Strict):
@@ -128,8 +140,39 @@ class JobFailurePolicy(_Strict):
     """A Job podFailurePolicy so drains and preemptions do not count as failures."""
 
     enabled: bool = True
-    deviceFailureExitCodes: list[int] = Field(
-        default_factory=list, description="Exit codes that mean a device failed: retried without counting."
+    # the API's limits on onExitCodes values (pkg/apis/batch/validation): 1..255 values, none 0 with In
+    deviceFailureExitCodes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
+        default_factory=list,
+        max_length=255,
+        description="Exit codes that mean a device failed: retried without counting.",
+    )
+
+
+PlacementClass = Literal["replicas", "elastic", "gang", "singleton"]
+
+
+class PlacementOverride(_Strict):
+    """Set the placement class of matching groups (first matching override wins)."""
+
+    kinds: list[str] = Field(default_factory=lambda: ["*"], description='Kind names or group/Kind; "*" for all.')
+    groups: list[str] = Field(
+        default_factory=lambda: ["*"], description="Group name globs (Worker, workers, gpu-workers...)."
+    )
+    placement: PlacementClass
+
+
+class Placement(_Strict):
+    """How groups are classified (design.md, placement doctrine) and what that changes."""
+
+    overrides: list[PlacementOverride] = Field(default_factory=list)
+    workloadLabel: Literal["any", "spreadOnly", "ignore"] = Field(
+        "spreadOnly",
+        description="The label spreadguard.io/placement on a workload or pod template: any honours every value; "
+        "spreadOnly honours only replicas/elastic (a label must not opt a group out of spreading); ignore.",
+    )
+    spreadGangs: bool = Field(
+        False,
+        description="Spread gangs over hosts like replicas (hostname anti-affinity) instead of compacting them.",
     )
 
 
@@ -179,6 +222,7 @@ class PolicySpec(_Strict):
     exclude: MatchBlock = Field(default_factory=MatchBlock)
     gpuResources: list[str] = Field(default_factory=lambda: ["nvidia.com/gpu", "amd.com/gpu"])
     mutate: Mutations = Field(default_factory=Mutations)
+    placement: Placement = Field(default_factory=Placement)  # type: ignore[arg-type]
     rules: dict[RuleId, RuleConfig] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Per rule id: its action."
     )

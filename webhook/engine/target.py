@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from webhook.engine.classes import Gang
 from webhook.engine.placement import ClusterView
 from webhook.engine.podspec import pod_labels, spec_of
 from webhook.engine.workloads import PLACEMENT_OWNER_ANNOTATIONS, Group, Kind, format_path
@@ -29,6 +30,8 @@ class Context:
     force_mode: str | None = None  # every policy in this mode (audit: "what would enforce do")
     # the key that signs and checks exemption grants (webhook/engine/grants.py); None: nothing is inherited
     grant_key: bytes | None = field(default=None, repr=False)
+    resource: str = ""  # the request's resource ("deployments"), for scale subresources
+    subresource: str = ""  # "scale" when the object is an autoscaling/v1 Scale
 
 
 @dataclass
@@ -57,6 +60,21 @@ class Target:
         if cfg is None or self.spec.get("priorityClassName") not in cfg.borrowingPriorityClasses:
             return False
         return any(fnmatch.fnmatchcase(self.namespace, pat) for pat in cfg.borrowingNamespaces)
+
+    gang: Gang | None = None  # the whole gang this group belongs to (class gang, size known)
+    info: list[str] = field(default_factory=list)  # what a mutator chose not to do, and why (warnings)
+
+    @property
+    def placement(self) -> str:
+        """The group's placement class under this policy (overrides applied)."""
+        return self.group.placement
+
+    @property
+    def spreads(self) -> bool:
+        """Whether this group is spread over hosts: replicas and elastic groups, and gangs when the
+        policy chooses ``placement.spreadGangs``."""
+        cls = self.group.placement
+        return cls in ("replicas", "elastic") or (cls == "gang" and self.policy.placement.spreadGangs)
 
     @property
     def spec(self) -> dict[str, Any]:

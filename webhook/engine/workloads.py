@@ -39,6 +39,10 @@ class Group:
     job_path: Path | None = None  # the batch JobSpec holding this template (Job, CronJob, JobSet)
     gang_selector: dict[str, Any] = field(default_factory=dict)  # every pod of the job, when it is a gang
     placement: str = REPLICAS  # the placement class (PLACEMENT_CLASSES): what one node failure does to it
+    # pod label keys whose value (unknown at admission) splits ``gang_selector`` into one gang each
+    # (LeaderWorkerSet: every group of leader + workers is its own gang): ``matchLabelKeys``
+    gang_keys: tuple[str, ...] = ()
+    surge: int = 0  # extra pods of this group during a rolling update (Deployment maxSurge)
 
     @property
     def path_str(self) -> str:
@@ -63,6 +67,19 @@ class TemplateSet:
     gang: Callable[[dict[str, Any]], dict[str, str]] | None = None  # labels of every pod of a training gang
     # the placement class of one group: (object, group name, node holding its replicas) -> class
     placement: Callable[[dict[str, Any], str, dict[str, Any]], str] = lambda _o, _g, _n: REPLICAS
+    gang_keys: tuple[str, ...] = ()  # see Group.gang_keys
+    # extra pods a rolling update runs beside the replicas (Deployment maxSurge): (object, replicas) -> pods
+    surge: Callable[[dict[str, Any], int], int] = lambda _o, _r: 0
+
+
+# What the API server lets change on UPDATE (read in its validation code; see UPDATE_SCOPES):
+UPDATE_TEMPLATE = "template"  # pod templates are mutable (Deployment, StatefulSet, CronJob, CRDs)
+UPDATE_JOB = "job"  # batch/v1 Job: template and podFailurePolicy immutable; scheduling directives
+# (labels, annotations, nodeSelector, node affinity, tolerations, schedulingGates) only while suspended
+# and never started (pkg/apis/batch/validation: validatePodTemplateUpdate, AllowMutableSchedulingDirectives)
+UPDATE_JOBSET = "jobset"  # JobSet: replicatedJobs immutable; labels, annotations, nodeSelector, tolerations
+# and schedulingGates of the pod templates while suspended (jobset webhook ValidateUpdate)
+UPDATE_NONE = "immutable"  # nothing in the templates may change (Volcano Job: only replicas/minAvailable)
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,9 @@ class Kind:
     def resource(self) -> str:
         """``pods``, ``deployments.apps``, ``pytorchjobs.kubeflow.org``."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    update: str = UPDATE_TEMPLATE  # what may be patched on UPDATE (UPDATE_*)
+    revision_label: str = ""  # the pod label naming the controller's revision (for spread matchLabelKeys)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -194,6 +214,7 @@ def _group_label(
 
 LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
 LWS_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
 
 
 def _lws_selector(leader: bool) -> Callable[[dict[str, Any], str, dict[str, Any]], dict[str, Any]]:
@@ -263,12 +284,50 @@ def _kubeflow_placement(obj: dict[str, Any], rtype: str, _node: dict[str, Any]) 
     return GANG
 
 
-def _ray_placement(_obj: dict[str, Any], name: str, node: dict[str, Any]) -> str:
-    """Ray: the head is a singleton; a worker group is elastic when it may shrink (autoscaling range)."""
+def _ray_autoscaling(obj: dict[str, Any]) -> bool:
+    """KubeRay scales worker groups only with ``enableInTreeAutoscaling: true`` (RayCluster or RayJob)."""
+    for path in (("spec", "enableInTreeAutoscaling"), ("spec", "rayClusterSpec", "enableInTreeAutoscaling")):
+        if get(obj, path) is True:
+            return True
+    return False
+
+
+def _ray_placement(obj: dict[str, Any], name: str, node: dict[str, Any]) -> str:
+    """Ray: the head is a singleton; a worker group is elastic when the autoscaler may shrink it
+    (``enableInTreeAutoscaling`` and ``minReplicas < maxReplicas``), else independent replicas."""
     if name == "headgroup":
         return SINGLETON
     low, high = _int(node.get("minReplicas"), -1), _int(node.get("maxReplicas"), -1)
-    return ELASTIC if 0 <= low < high else REPLICAS
+    return ELASTIC if _ray_autoscaling(obj) and 0 <= low < high else REPLICAS
+
+
+MAX_SURGE_DEFAULT = "25%"
+
+
+def _percent_or_int(value: Any, total: int, default: int) -> int:
+    """An IntOrString like ``maxSurge``: an int, or ``"N%"`` of ``total`` rounded up (as the API does for surge)."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit() and len(value) <= 5:
+        return -(-total * int(value[:-1]) // 100)
+    return default
+
+
+def _deployment_surge(obj: dict[str, Any], replicas: int) -> int:
+    """Pods a Deployment's rolling update adds beside ``replicas`` (``maxSurge``, default 25% rounded up)."""
+    strategy = get(obj, ("spec", "strategy")) or {}
+    if not isinstance(strategy, dict) or strategy.get("type") == "Recreate":
+        return 0
+    value = get(strategy, ("rollingUpdate", "maxSurge"), MAX_SURGE_DEFAULT)
+    return _percent_or_int(value, replicas, _percent_or_int(MAX_SURGE_DEFAULT, replicas, 0))
+
+
+def _lws_surge(obj: dict[str, Any], _replicas: int) -> int:
+    """LeaderWorkerSet rolls whole groups; ``maxSurge`` (default 0) extra groups, one leader each."""
+    value = get(obj, ("spec", "rolloutStrategy", "rollingUpdateConfiguration", "maxSurge"), 0)
+    return _percent_or_int(value, _int(get(obj, ("spec", "replicas")), 1), 0)
 
 
 def _volcano_placement(obj: dict[str, Any], _name: str, _node: dict[str, Any]) -> str:
@@ -284,6 +343,12 @@ _DEPLOYMENT_LIKE = TemplateSet(
     each=_single(("spec", "template")),
     replicas=lambda obj, _n: _int(get(obj, ("spec", "replicas")), 1),
     selector=_match(_selector_labels),
+)
+_DEPLOYMENT = TemplateSet(
+    each=_single(("spec", "template")),
+    replicas=lambda obj, _n: _int(get(obj, ("spec", "replicas")), 1),
+    selector=_match(_selector_labels),
+    surge=_deployment_surge,
 )
 
 
@@ -309,7 +374,7 @@ def _kubeflow_kind(kind: str, field_name: str, versions: tuple[str, ...] = ("v1"
 
 _KINDS: list[Kind] = [
     Kind("", "Pod", "training", (), plural="pods", depth=3),  # Pods are matched to their group by POD_GROUP_LABELS
-    Kind("apps", "Deployment", "serving", (_DEPLOYMENT_LIKE,), plural="deployments"),
+    Kind("apps", "Deployment", "serving", (_DEPLOYMENT,), plural="deployments", revision_label="pod-template-hash"),
     Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,), plural="statefulsets", depth=1),
     Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,), plural="replicasets", depth=1),
     Kind(
@@ -326,6 +391,7 @@ _KINDS: list[Kind] = [
         ),
         plural="jobs",
         depth=2,
+        update=UPDATE_JOB,
     ),
     Kind(
         "batch",
@@ -352,9 +418,13 @@ _KINDS: list[Kind] = [
         "training",
         (),
         note="TrainJob {name}: its pods come from the training runtime, so spreadguard places them "
-        "when the runtime's JobSet creates them (Pod backstop, group jobset.sigs.k8s.io/jobset-name={name})",
+        "when the runtime's JobSet creates them (Pod backstop, gang jobset.sigs.k8s.io/jobset-name={name}). "
+        "Not on the TrainJob itself: which override field it has (podSpecOverrides, later runtimePatches) "
+        "depends on the installed Trainer version, which admission cannot see, and a field the CRD does not "
+        "know is pruned",
         plural="trainjobs",
         versions=("v1alpha1",),
+        update=UPDATE_NONE,
     ),
     Kind(
         "jobset.x-k8s.io",
@@ -380,6 +450,7 @@ _KINDS: list[Kind] = [
         plural="jobsets",
         versions=("v1alpha2",),
         depth=1,
+        update=UPDATE_JOBSET,
     ),
     Kind(
         "leaderworkerset.x-k8s.io",
@@ -391,11 +462,15 @@ _KINDS: list[Kind] = [
                 replicas=lambda obj, _n: _int(get(obj, ("spec", "replicas")), 1),
                 selector=_lws_selector(leader=True),
                 role=lambda _n: "leader",
+                surge=_lws_surge,
             ),
-            TemplateSet(
+            TemplateSet(  # one group (leader + workers) is a gang: compact it, spread the leaders
                 each=_single(("spec", "leaderWorkerTemplate", "workerTemplate"), "worker"),
                 replicas=_lws_workers,
                 selector=_lws_selector(leader=False),
+                gang=lambda obj: {LWS_NAME: _name(obj)},
+                gang_keys=(LWS_GROUP_INDEX,),
+                placement=lambda _o, _g, _n: GANG,
             ),
         ),
         plural="leaderworkersets",
@@ -452,6 +527,7 @@ _KINDS: list[Kind] = [
         ),
         plural="jobs",
         versions=("v1alpha1",),
+        update=UPDATE_NONE,
     ),
 ]
 
@@ -490,6 +566,7 @@ POD_SKIP_OWNER_KINDS = {"DaemonSet", "Node"}  # per-node by design: never spread
 # Placement already decided by another controller: spreadguard leaves zone/rack placement to it.
 PLACEMENT_OWNER_ANNOTATIONS = (
     "alpha.jobset.sigs.k8s.io/exclusive-topology",
+    "leaderworkerset.sigs.k8s.io/exclusive-topology",
     "kueue.x-k8s.io/podset-required-topology",
     "kueue.x-k8s.io/podset-preferred-topology",
 )
@@ -519,6 +596,9 @@ def _lws_pod_group(labels: dict[str, str]) -> Group:
         None,
         _lws_selector(leader)(obj, "", {}),
         role="leader" if leader else "",
+        gang_selector={} if leader else {"matchLabels": {LWS_NAME: labels[LWS_NAME]}},
+        placement=REPLICAS if leader else GANG,
+        gang_keys=() if leader else (LWS_GROUP_INDEX,),
     )
 
 
@@ -598,17 +678,20 @@ def groups_of(obj: dict[str, Any], per_node_trusted: bool = True) -> list[Group]
     for tset in kind.templates:
         for name, path, node in tset.each(obj):
             selector = tset.selector(obj, name, node)
+            replicas = tset.replicas(obj, node)
             out.append(
                 Group(
                     name=name,
                     path=path,
-                    replicas=tset.replicas(obj, node),
+                    replicas=replicas,
                     selector=selector,
                     add_labels=dict(selector.get("matchLabels", {})) if tset.add_group_label else {},
                     role=tset.role(name),
                     job_path=path[:-1] if tset.job_spec else None,
                     gang_selector={"matchLabels": tset.gang(obj)} if tset.gang else {},
                     placement=tset.placement(obj, name, node),
+                    gang_keys=tset.gang_keys,
+                    surge=tset.surge(obj, replicas),
                 )
             )
     return out

@@ -77,6 +77,10 @@ def context_of(req: dict[str, Any]) -> Context:
         groups=tuple(str(g) for g in groups),
         dry_run=bool(req.get("dryRun")),
         old_object=req.get("oldObject") if isinstance(req.get("oldObject"), dict) else None,
+        resource=str((req.get("resource") or {}).get("resource") or "")
+        if isinstance(req.get("resource"), dict)
+        else "",
+        subresource=str(req.get("subResource") or ""),
     )
 
 

@@ -9,6 +9,7 @@ Every message says what, why it matters and the fix.
 from webhook.engine import ids
 from webhook.engine.rules import (
     anti_affinity_disabled,
+    exclusive_hostname,
     exemption_unauthorized,
     foreign_team_toleration,
     health_taint_toleration,
@@ -37,6 +38,7 @@ RULES = {
         singleton_role,
         node_local_checkpoint,
         preemption_disabled,
+        exclusive_hostname,
     )
 }
 EXEMPTION_RULES = {m.ID: m for m in (anti_affinity_disabled, exemption_unauthorized)}
