@@ -104,6 +104,13 @@ def too_large_message(size: int | None = None) -> str:
     return f"{what} exceeds the limit of {admission.MAX_BODY_BYTES} bytes"
 
 
+def record_refusal(endpoint: str, message: str) -> None:
+    """Count and log an admission request refused before it reached the app (``worker.py``: too large)."""
+    record = Record(endpoint)
+    record.error = one_line(message)
+    record.finish()
+
+
 def _discard(stream: Any, budget: int) -> None:
     """Read and drop up to ``budget`` more bytes of the request body."""
     try:
