@@ -10,7 +10,7 @@ Failing open: an engine exception, a request over its time budget, or a large re
 turn in time is *allowed* with a warning on both endpoints (the hooks are ``failurePolicy: Ignore``: an
 error answer or no answer would admit the object as well, without a trace). Each is counted in
 ``spreadguard_admission_failed_open_total{endpoint,reason}`` and logged once with the object's identity
-(uid, kind, namespace, name, user); ``manifests/base/alerts.yaml`` alerts on it. Isolation rules do not fail
+(uid, kind, namespace, name, user); ``manifests/components/alerts`` alerts on it. Isolation rules do not fail
 closed here (docs/install.md, "Failing open").
 """
 

@@ -73,6 +73,7 @@ DECISIONS = ("allowed", "denied", "mutated", "error")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 UNKNOWN = "unknown"
 FAILED_OPEN_REASONS = ("error", "budget", "busy")
+REFUSED_REASONS = ("handshake_timeout", "read_timeout", "too_many_connections", "too_large", "bad_request")
 
 
 class Metrics:
@@ -160,6 +161,8 @@ class Metrics:
         for endpoint in ENDPOINTS:
             for reason in FAILED_OPEN_REASONS:
                 self.failed_open.labels(endpoint, reason)
+        for reason in REFUSED_REASONS:
+            self.refused.labels(reason)
 
 
 _lock = threading.Lock()
