@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "admission"
+DEFAULT_FIXTURES = REPO / "tests" / "data" / "admission"
 POD_FIXTURE = "128-Pod-bert-worker-0-CREATE-mutate.json"
 JOB_FIXTURE = "100-PyTorchJob-bert-CREATE-mutate.json"
 

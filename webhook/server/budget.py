@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 DEFAULT_SECONDS = 2.5  # half the webhook's 5 s timeout: the rest is for TLS, queueing and the network
+POLL_SECONDS = 0.1  # the watchdog's longest sleep: a budget ends at most this late
 
 
 class BudgetExceeded(Exception):
@@ -66,6 +67,7 @@ class Budget:
         self._pid = 0
 
     def _ensure_thread(self) -> None:
+        """Start this process's watchdog (again after a fork: threads do not survive it)."""
         if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="spreadguard-budget", daemon=True)
@@ -79,9 +81,10 @@ class Budget:
             return
         slot = _Slot(threading.get_ident(), time.monotonic() + seconds)
         with self._lock:
-            self._ensure_thread()
+            if self._pid != _pid():
+                self._ensure_thread()
+            # no wake-up: the watchdog looks at least every POLL_SECONDS, and budgets are longer than that
             heapq.heappush(self._heap, (slot.deadline, next(self._order), slot))
-            self._wake.notify()
         try:
             yield
         finally:
@@ -99,8 +102,12 @@ class Budget:
                     if slot.armed:
                         slot.fired = True
                         _raise_in(slot.thread_id, BudgetExceeded)
-                timeout = self._heap[0][0] - now if self._heap else None
+                timeout = min(self._heap[0][0] - now, POLL_SECONDS) if self._heap else POLL_SECONDS
                 self._wake.wait(timeout)
+
+
+def _pid() -> int:
+    return os.getpid()
 
 
 _budget = Budget()
