@@ -70,7 +70,7 @@ _MAX_ERROR_CHARS = 500
 _MAX_WARNING_CHARS = 240
 
 
-_ADMISSION_PATHS = {"/mutate": "mutate", "/validate": "validate"}
+_ADMISSION_PATHS = {"/mutate": "mutate", "/validate": "validate", "/admit": "admit"}
 _STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 500: "500 Internal Server Error"}
 
 
@@ -186,13 +186,13 @@ class Record:
         d = self.decision
         if d is None:
             return "error"
-        if self.endpoint == "validate":
-            return "denied" if d.violations else "allowed"
-        return "mutated" if d.patch else "allowed"
+        if self.endpoint != "mutate" and d.violations:
+            return "denied"
+        return "mutated" if d.patch and self.endpoint != "validate" else "allowed"
 
     def findings(self) -> list[metrics.Finding]:
         d = self.decision
-        if d is None or self.endpoint != "validate":  # findings are judged (and counted) on /validate
+        if d is None or self.endpoint == "mutate":  # findings are judged (and counted) on /validate, /admit
             return []
         return [metrics.Finding(v.rule, v.policy, "deny") for v in d.violations] + [
             metrics.Finding(v.rule, v.policy, "warn") for v in d.advisories
@@ -222,7 +222,7 @@ class Record:
 
     def _fields(self, kind: str, operation: str, outcome: str, seconds: float) -> dict[str, Any]:
         req, d = self.req, self.decision
-        judged = d if self.endpoint == "validate" else None  # findings are judged on /validate only
+        judged = d if self.endpoint != "mutate" else None  # findings are judged on /validate and /admit
         fields: dict[str, Any] = {
             "uid": req.uid if req else None,
             "endpoint": self.endpoint,
@@ -235,14 +235,14 @@ class Record:
             "rules": sorted({v.rule for v in judged.violations}) if judged else [],
             "warnings": sorted({v.rule for v in judged.advisories}) if judged else [],
             "policies": list(d.policies) if d else [],
-            "patch_ops": len(d.patch) if d and self.endpoint == "mutate" else 0,
+            "patch_ops": len(d.patch) if d and self.outcome() == "mutated" else 0,
             "dry_run": bool(req.dry_run) if req else False,
             "duration_ms": round(seconds * 1000, 3),
         }
         if d is not None:
             if d.exemptions:  # every exemption used is logged (who granted it and why are in the text)
                 fields["exemptions"] = [str(e) for e in d.exemptions]
-            if self.endpoint == "mutate":
+            if self.endpoint != "validate":
                 # dryrun policies: what they would have changed, as lines; the would-be patch at debug
                 debug = decisions.isEnabledFor(logging.DEBUG)
                 if d.dryrun:
@@ -368,6 +368,11 @@ def create_app(
     @app.post("/validate")
     def validate() -> Response:
         status, body = handle(app, "validate", request.environ)
+        return Response(body, status=status, mimetype="application/json")
+
+    @app.post("/admit")
+    def admit() -> Response:
+        status, body = handle(app, "admit", request.environ)
         return Response(body, status=status, mimetype="application/json")
 
     flask_wsgi = app.wsgi_app

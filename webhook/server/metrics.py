@@ -14,13 +14,13 @@ touches them, so no stale per-process file of the master enters the merge.
 Metrics (all in the ``spreadguard_`` namespace):
 
 ``spreadguard_admission_requests_total{endpoint,operation,kind,decision}``
-    AdmissionReview requests answered on ``/mutate`` and ``/validate``; ``decision`` is ``allowed``,
-    ``denied`` (``/validate`` refused it), ``mutated`` (``/mutate`` returned a non-empty patch) or ``error``
+    AdmissionReview requests answered on ``/mutate``, ``/validate`` and ``/admit``; ``decision`` is ``allowed``,
+    ``denied`` (``/validate`` or ``/admit`` refused it), ``mutated`` (a non-empty patch) or ``error``
     (malformed or oversized request: 400; internal error: allowed with a warning, fail-open).
 ``spreadguard_rule_violations_total{rule,policy,action}``
-    Rule findings reported on ``/validate`` (where findings are judged; ``/mutate`` evaluates the same object
-    and would count it twice): ``action`` ``deny`` for a finding that denied, ``warn`` for one reported as a
-    warning (rule action ``warn``, policy in ``warn`` or ``dryrun`` mode).
+    Rule findings reported on ``/validate`` and ``/admit`` (where findings are judged; ``/mutate`` evaluates
+    the same object and would count it twice): ``action`` ``deny`` for a finding that denied, ``warn`` for one
+    reported as a warning (rule action ``warn``, policy in ``warn`` or ``dryrun`` mode).
 ``spreadguard_admission_failed_open_total{endpoint,reason}``
     Requests allowed without a decision: ``error`` (an exception in spreadguard), ``budget`` (not decided
     within the per-request time budget), ``busy`` (a large request waited too long for its turn). Each is
@@ -67,7 +67,7 @@ from prometheus_client import (
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 NAMESPACE = "spreadguard"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-ENDPOINTS = ("mutate", "validate")
+ENDPOINTS = ("mutate", "validate", "admit")
 DECISIONS = ("allowed", "denied", "mutated", "error")
 # admission latencies are ~1 ms here; the API server's webhook timeout is at most 30 s, ours a few seconds
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -6,7 +6,9 @@ Flask routes, the tests and the benchmarks all call ``review``.
 
 ``/mutate`` answers with the patch (and notes of what it adds as warnings); ``/validate`` answers
 with the denial (403, every violation named) or the warnings. Splitting them this way means the
-validating hook also judges what other mutating webhooks changed after ours.
+validating hook also judges what other mutating webhooks changed after ours. ``/admit`` is both in one
+call, for the single-hook install (``manifests/components/single-hook``): the patch, or the denial, and
+every warning; the API server calls it once per object instead of twice (docs/performance.md).
 
 Strict JSON: ``NaN``/``Infinity`` and duplicate keys are malformed (the API server never sends them; a
 duplicate key would let the object we judge differ from the one stored), and so is nesting deeper than
@@ -37,7 +39,7 @@ API_VERSION = "admission.k8s.io/v1"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_WARNINGS = 20
 MAX_AUDIT_CHARS = 8192  # the API server caps the total size of warnings; keep the important ones
-ENDPOINTS = ("mutate", "validate")
+ENDPOINTS = ("mutate", "validate", "admit")
 
 
 class AdmissionError(ValueError):
@@ -204,7 +206,7 @@ def audit_annotations(decision: Decision, endpoint: str) -> dict[str, str]:
         audit["warnings"] = ",".join(sorted({v.rule for v in decision.advisories}))
     if decision.exemptions:
         audit["exemptions"] = "; ".join(decision.exemptions)[:MAX_AUDIT_CHARS]
-    if endpoint == "mutate" and decision.dryrun_patch:
+    if endpoint != "validate" and decision.dryrun_patch:
         text = json.dumps(decision.dryrun_patch, separators=(",", ":"))
         cut = MAX_AUDIT_CHARS - len("...(truncated)")
         audit["dryrun-patch"] = text if len(text) <= MAX_AUDIT_CHARS else text[:cut] + "...(truncated)"
@@ -212,19 +214,20 @@ def audit_annotations(decision: Decision, endpoint: str) -> dict[str, str]:
 
 
 def respond(req: AdmissionRequest, decision: Decision, endpoint: str) -> dict[str, Any]:
-    """The AdmissionReview response for ``decision`` on ``endpoint`` (mutate or validate)."""
+    """The AdmissionReview response for ``decision`` on ``endpoint`` (mutate, validate or admit)."""
     response: dict[str, Any] = {"uid": req.uid, "allowed": True}
     warnings: list[str] = []
-    if endpoint == "mutate":
-        if decision.patch:
+    denied = endpoint != "mutate" and bool(decision.violations)
+    if endpoint != "validate":
+        if decision.patch and not denied:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(json.dumps(decision.patch).encode()).decode()
             warnings += [f"spreadguard added {n}" for n in decision.notes]
         warnings += [f"spreadguard {w}" for w in decision.dryrun + decision.info]
-    else:
+    if endpoint != "mutate":
         warnings += [f"spreadguard: {v.text()}" for v in decision.advisories]
         warnings += [f"spreadguard: exemption {e}" for e in decision.exemptions]
-        if decision.violations:
+        if denied:
             response["allowed"] = False
             response["status"] = {
                 "code": 403,
@@ -264,7 +267,7 @@ def review(
     endpoint: str,
     cluster: ClusterView | None = None,
 ) -> Answer:
-    """Answer one AdmissionReview for ``endpoint`` ("mutate" or "validate"): the engine's decision, as a review.
+    """Answer one AdmissionReview for ``endpoint`` (mutate, validate, admit): the engine's decision, as a review.
 
     ``request``: a parsed ``AdmissionRequest`` (the server parses the body once) or an AdmissionReview body
     (a dict, checked here). ``cluster``: the node/namespace snapshot for this request, if any. DELETE
