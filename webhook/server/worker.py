@@ -504,7 +504,10 @@ class BoundedWorker(gthread.ThreadWorker):
             conn.buf[:0] = leftover
         self.front[id(conn)] = conn
         self._idle(conn)
-        self._step(conn)
+        if conn.buf or conn.sock.pending():
+            self._step(conn)  # the next request is (partly) here already
+        else:
+            self._watch(conn, selectors.EVENT_READ)  # no recv that can only say "nothing yet"
 
     def murder_keepalived(self, force: bool = False) -> None:
         if force:
