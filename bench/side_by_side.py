@@ -149,6 +149,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--object", default=DEFAULT_OBJECT, help=f"captured -mutate fixture (default {DEFAULT_OBJECT})")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-admit", action="store_true", help="skip /admit (to measure a version without it)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -190,6 +191,8 @@ def main() -> int:
         "do-nothing (one call)": (noop, [("/mutate", mutate_raw)]),
         "do-nothing (mutate+validate)": (noop, pair),
     }
+    if args.no_admit:
+        del cases["spreadguard single hook (admit)"]
     results: dict[str, dict[str, dict[str, Any]]] = {}
     try:
         for clients in (1, 8):
@@ -218,6 +221,8 @@ def main() -> int:
             )
         one, two = by_case["do-nothing (one call)"], by_case["do-nothing (mutate+validate)"]
         for name in ("spreadguard (mutate+validate)", "spreadguard single hook (admit)"):
+            if name not in by_case:
+                continue
             sg = by_case[name]
             print(
                 f"  {name} / do-nothing one call: time {sg['mean_ms'] / one['mean_ms']:.2f}, "
