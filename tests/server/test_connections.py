@@ -137,6 +137,8 @@ BAD_REQUESTS = [
         400,
     ),
     ("bad-header-name", b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400),
+    ("body-beyond-discard-limit", b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 107374182400\r\n\r\n", 400),
+    ("chunked-and-length", b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}", 400),
 ]
 
 
@@ -215,3 +217,31 @@ def test_killed_worker_loses_at_most_one_request(small_server: Server, tls_files
     lost = outcomes.count(False)
     assert lost <= 1, f"{lost} of {len(outcomes)} requests lost"
     assert fresh_request(srv, context, "after-kill") < 3.0
+
+
+def read_response(tls: ssl.SSLSocket) -> tuple[int, dict]:
+    resp = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+    resp.begin()
+    return resp.status, json.loads(resp.read())
+
+
+def test_pipelined_requests_are_answered_in_order(server: Server, tls_files: TLSFiles) -> None:
+    bodies = [json.dumps(admission_review(POD, f"pipe-{i}")).encode() for i in range(3)]
+    data = b"".join(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies)
+    with tls_client(server, context_for(tls_files)) as tls:
+        tls.sendall(data)
+        answers = [read_response(tls) for _ in bodies]
+    assert [(status, a["response"]["uid"]) for status, a in answers] == [(200, f"pipe-{i}") for i in range(3)]
+
+
+def test_expect_100_continue(server: Server, tls_files: TLSFiles) -> None:
+    body = json.dumps(admission_review(POD, "expect-1")).encode()
+    with tls_client(server, context_for(tls_files)) as tls:
+        tls.sendall(
+            b"POST /validate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        tls.settimeout(5)
+        assert tls.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        tls.sendall(body)
+        status, answer = read_response(tls)
+    assert status == 200 and answer["response"]["uid"] == "expect-1"

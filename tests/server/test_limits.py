@@ -172,3 +172,56 @@ def test_many_groups_get_a_definite_answer_before_the_webhook_timeout(server: Se
     assert resp.status_code == 200, resp.text[:300]
     assert resp.json()["response"]["uid"] == "many-groups"
     assert took < 4.0, f"{took:.2f} s"
+
+
+def test_large_bodies_wait_their_turn_then_fail_open_as_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from webhook.server import app as app_module
+
+    client = create_app(POLICIES_DIR, budget_seconds=0.3).test_client()
+    big = copy.deepcopy(admission_review(POD, "big-1"))
+    big["request"]["object"]["metadata"]["annotations"] = {"pad": "x" * (app_module.LARGE_BODY_BYTES + 1)}
+    before = failed_open("validate", "busy")
+    assert app_module._large_bodies.acquire(timeout=5)  # another large request is being decided
+    try:
+        resp = client.post("/validate", data=json.dumps(big))
+    finally:
+        app_module._large_bodies.release()
+    response = resp.get_json()["response"]
+    assert resp.status_code == 200 and response["allowed"] is True and response["uid"] == "big-1"
+    assert response["warnings"][0].startswith("spreadguard was busy, request allowed unchecked")
+    assert failed_open("validate", "busy") == before + 1
+    # its turn free again: decided normally
+    resp = client.post("/validate", data=json.dumps(big))
+    assert resp.status_code == 200 and "warnings" not in resp.get_json()["response"]
+
+
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [("--budget", "-1", "--budget"), ("--budget", "nan", "--budget"), ("--max-connections", "4", "--max-connections")],
+)
+def test_bad_limits_are_refused_at_start(tls_files: Any, flag: str, value: str, words: str) -> None:
+    import subprocess
+
+    from conftest import REPO, free_port, spreadguard, subprocess_env
+
+    done = subprocess.run(
+        spreadguard(
+            "serve",
+            "--policies",
+            str(POLICIES_DIR),
+            "--tls-cert",
+            str(tls_files.cert),
+            "--tls-key",
+            str(tls_files.key),
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            flag,
+            value,
+        ),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
