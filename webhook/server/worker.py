@@ -520,8 +520,14 @@ class BoundedWorker(gthread.ThreadWorker):
         if now < self._next_sweep:
             return
         self._next_sweep = now + _SWEEP_SECONDS
+        stopping = not self.alive
         for conn in list(self.front.values()):
-            if conn.deadline <= now or (not self.alive and conn.stage == IDLE):
+            if stopping and conn.stage == HANDSHAKE:
+                self._drop(conn)  # no request started on it: nothing to finish
+            elif stopping and conn.stage == IDLE and conn.deadline > now + gthread.STOP_KEEPALIVE_LINGER:
+                # like gthread: a request the client may be sending now is still answered (with close)
+                conn.deadline = now + gthread.STOP_KEEPALIVE_LINGER
+            elif conn.deadline <= now:
                 reason = {HANDSHAKE: "handshake_timeout", READING: "read_timeout", DISCARDING: "read_timeout"}
                 self._drop(conn, reason.get(conn.stage, ""))
 
