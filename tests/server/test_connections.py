@@ -245,3 +245,54 @@ def test_expect_100_continue(server: Server, tls_files: TLSFiles) -> None:
         tls.sendall(body)
         status, answer = read_response(tls)
     assert status == 200 and answer["response"]["uid"] == "expect-1"
+
+
+def worker_rss(srv: Server) -> dict[int, int]:
+    """VmRSS (KiB) of each live worker of ``srv``."""
+    rss = {}
+    for line in json_log_lines(srv.log_text()):
+        if line.get("msg", "").startswith("Booting worker with pid:"):
+            pid = int(line["msg"].rsplit(" ", 1)[1])
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            rss[pid] = int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1])
+    return rss
+
+
+def test_large_unfinished_bodies_do_not_grow_memory_without_bound(small_server: Server, tls_files: TLSFiles) -> None:
+    """12 clients each announce 20 MiB and send 6 MiB of it: only LARGE_SLOTS per worker are read past
+    64 KiB, the others are not read (TCP pushes back), so the workers' memory grows by a few slots at most."""
+    srv, context = small_server, context_for(tls_files)
+    before = worker_rss(srv)
+    held: list[ssl.SSLSocket] = []
+    chunk = b"x" * (1024 * 1024)
+
+    def send(tls: ssl.SSLSocket) -> None:
+        try:
+            tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (20 * 1024 * 1024))
+            for _ in range(6):
+                tls.sendall(chunk)
+        except OSError:  # blocked by the server's back-pressure (timeout) or cut at the deadline
+            pass
+
+    threads = []
+    try:
+        for _ in range(12):
+            tls = tls_client(srv, context)
+            tls.settimeout(3)
+            held.append(tls)
+            threads.append(threading.Thread(target=send, args=(tls,), daemon=True))
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        grown = {pid: worker_rss(srv).get(pid, 0) - kib for pid, kib in before.items()}
+        assert fresh_request(srv, context, "while-large") < 3.0
+        # without the slots each worker would hold about 6 x 6 MiB = 36 MiB of bodies
+        assert all(g < 24 * 1024 for g in grown.values()), grown
+    finally:
+        for tls in held:
+            tls.close()
+        for t in threads:
+            t.join(10)

@@ -14,6 +14,10 @@ Here the worker's main loop (one selector, no threads) does everything a client 
   a thread; larger still: 400 and the connection closed);
 - waiting for the next request on a kept-alive connection (gunicorn's ``keepalive`` seconds).
 
+Memory is bounded per worker: a connection may buffer ``SMALL_REQUEST_BYTES`` freely; past that it needs one
+of ``LARGE_SLOTS``, held until its answer is written, and without a free slot it is not read from (TCP
+pushes back on the client) until one frees or its deadline passes.
+
 Only a request that is complete in memory goes to a thread, with gunicorn's own HTTP parser reading it
 from that buffer (never from the socket); the thread writes the answer with ``WRITE_SECONDS`` as the socket
 timeout. Connections per worker are capped at ``worker_connections``: at the cap a new connection evicts
@@ -51,6 +55,11 @@ HANDSHAKE_SECONDS = 3.0  # from accept to a finished TLS handshake
 REQUEST_SECONDS = 5.0  # from a request's first byte to its last (the webhook timeout is 5 s: later is useless)
 WRITE_SECONDS = 5.0  # a request thread writing the answer to a client that does not read
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers
+# Memory: a connection may buffer up to SMALL_REQUEST_BYTES freely (1,000 connections: 64 MiB at most);
+# beyond, it needs one of LARGE_SLOTS per worker, held until its answer is written. Without a free slot
+# the worker stops reading from it (TCP pushes back on the client) until one frees, within its deadline.
+SMALL_REQUEST_BYTES = 64 * 1024
+LARGE_SLOTS = 2
 _READ = 256 * 1024
 _SWEEP_SECONDS = 0.1
 
@@ -110,6 +119,8 @@ class FrontConn(gthread.TConn):
         self.buf = bytearray()
         self.registered = 0
         self.rest = b""  # bytes after the request handed to a thread (a pipelined next one)
+        self.large = False  # holds one of the worker's LARGE_SLOTS
+        self.paused = False  # waits for a large slot: not read from meanwhile
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -154,6 +165,8 @@ class BoundedWorker(gthread.ThreadWorker):
         self.max_keepalived = 1 << 30  # keep-alive is decided here, not by gthread's deque
         self.front: OrderedDict[int, FrontConn] = OrderedDict()
         self.in_threads = 0
+        self.large_free = LARGE_SLOTS
+        self.large_waiting: OrderedDict[int, FrontConn] = OrderedDict()
         self._next_sweep = 0.0
 
     # ------------------------------------------------------------------ accept and the front stage
@@ -210,8 +223,35 @@ class BoundedWorker(gthread.ThreadWorker):
             metrics.refused(reason)
         self._unwatch(conn)
         self.front.pop(id(conn), None)
+        self.large_waiting.pop(id(conn), None)
+        self._release_large(conn)
         self.nr_conns -= 1
         conn.close()
+
+    def _release_large(self, conn: FrontConn) -> None:
+        """Give ``conn``'s large slot to the connection that has waited longest for one."""
+        if not conn.large:
+            return
+        conn.large = False
+        self.large_free += 1
+        while self.large_waiting and self.large_free:
+            _key, waiter = self.large_waiting.popitem(last=False)
+            waiter.large, waiter.paused = True, False
+            self.large_free -= 1
+            self._step(waiter)
+
+    def _needs_slot(self, conn: FrontConn) -> bool:
+        """True when ``conn`` must wait for a large slot before reading more (it is then paused)."""
+        if conn.large or len(conn.buf) <= SMALL_REQUEST_BYTES or conn.stage == DISCARDING:
+            return False
+        if self.large_free:
+            self.large_free -= 1
+            conn.large = True
+            return False
+        conn.paused = True
+        self._unwatch(conn)
+        self.large_waiting[id(conn)] = conn
+        return True
 
     def _on_event(self, conn: FrontConn, _fileobj: Any) -> None:
         self._step(conn)
@@ -242,6 +282,8 @@ class BoundedWorker(gthread.ThreadWorker):
         self.front.move_to_end(id(conn))
 
     def _read(self, conn: FrontConn) -> None:
+        if conn.paused:
+            return
         while True:
             if self._advance(conn):  # a whole request is in the buffer
                 self._hand_off(conn)
@@ -267,6 +309,8 @@ class BoundedWorker(gthread.ThreadWorker):
                 conn.buf += data[take:]  # a pipelined next request (the API server does not pipeline)
             else:
                 conn.buf += data
+            if self._needs_slot(conn):
+                return
 
     def _advance(self, conn: FrontConn) -> bool:
         """Parse what is buffered; True when one whole request is there. Raises ``_Refusal``."""
@@ -442,9 +486,10 @@ class BoundedWorker(gthread.ThreadWorker):
         if refusal.close:
             self._drop(conn)
             return
-        leftover = bytes(conn.buf)
-        conn.buf = bytearray(leftover)
+        conn.buf = bytearray(conn.rest) + conn.buf  # what came after the refused request
+        conn.rest = b""
         conn._reset_request()
+        self._release_large(conn)
         self._idle(conn)
         self._step(conn)
 
@@ -490,6 +535,7 @@ class BoundedWorker(gthread.ThreadWorker):
     def finish_request(self, conn: Any, fs: Any) -> None:
         """Back in the main loop: a kept-alive connection returns to the front stage, others close."""
         self.in_threads -= 1
+        self._release_large(conn)
         try:
             keep = bool(fs.result()) if not fs.cancelled() else False
         except Exception:
