@@ -35,18 +35,15 @@ from webhook.server.logs import DECISIONS
 from webhook.server.reload import (
     DEFAULT_INTERVAL_SECONDS,
     PolicyWatcher,
-    ReloadStatus,
     State,
     load_state,
     reload_once,
 )
 
 __all__ = [
-    "ReloadStatus",
     "State",
     "create_app",
     "get_state",
-    "load_state",
     "master_before_fork",
     "set_state",
     "worker_started",
