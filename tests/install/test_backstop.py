@@ -27,7 +27,7 @@ from webhook.engine.cases import case_context, load_cases, load_resource
 from webhook.engine.decide import Decision, evaluate
 from webhook.engine.policy import load_policies
 from webhook.engine.target import Context
-from webhook.server.review import context_of
+from webhook.server.review import AdmissionRequest
 
 celpy = pytest.importorskip("celpy", reason="cel-python is not installed: the backstop's CEL is not evaluated")
 
@@ -199,8 +199,9 @@ CAPTURED = [
 
 @pytest.mark.parametrize("path", CAPTURED, ids=[p.name for p in CAPTURED])
 def test_backstop_agrees_with_the_webhook_on_captured_pods(path: Path) -> None:
-    req = json.loads(path.read_text())["request"]
-    ctx = context_of(req)
+    body = json.loads(path.read_text())
+    req = body["request"]
+    ctx = AdmissionRequest.from_body(body).context()
     webhook = evaluate(req["object"], ctx, POLICIES)
     vap = backstop(req, _namespace(req["namespace"], {}))
     assert vap == [] and _webhook_isolation_denials(webhook) == []  # the corpus is well-behaved workloads

@@ -89,8 +89,8 @@ def post_on_new_connection(port: int, context: ssl.SSLContext, path: str, body: 
 
 def findings_of(obj: dict, uid: str, policies: list) -> Counter:
     """The (rule, policy, action) findings /validate reports for ``obj``, from the engine in-process."""
-    req = admission_review(obj, uid)["request"]
-    decision = engine.evaluate(obj, admission.context_of(req), policies)
+    req = admission.AdmissionRequest.from_body(admission_review(obj, uid))
+    decision = engine.evaluate(obj, req.context(), policies)
     return Counter(
         [(v.rule, v.policy, "deny") for v in decision.violations]
         + [(v.rule, v.policy, "warn") for v in decision.advisories]

@@ -160,7 +160,7 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("no-uid", request_with(uid=None)),
     ("uid-not-string", request_with(uid=12345)),
     ("object-not-object", request_with(object=["not", "an", "object"])),
-    ("over-3-MiB", padded_review(MAX + 1)),
+    ("over-the-limit", padded_review(MAX + 1)),
     ("empty-body", b""),
     ("whitespace-body", b"  \n"),
     ("binary-garbage", bytes(range(256))),

@@ -67,6 +67,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         kube_context=args.kube_context,
         grant_key=args.grant_key,
+        max_connections=args.max_connections,
+        budget_seconds=args.budget,
     )
 
 
@@ -74,7 +76,8 @@ def register(sub: Any) -> None:
     serve_p = sub.add_parser(
         "serve",
         help="run the admission webhook server (gunicorn, TLS)",
-        description="Run the webhook: POST /mutate and /validate (AdmissionReview admission.k8s.io/v1), "
+        description="Run the webhook: POST /mutate and /validate (AdmissionReview admission.k8s.io/v1; /admit does "
+        "both in one call for the single-hook install), "
         "GET /healthz, /readyz and /metrics, over TLS 1.2+ with HTTP keep-alive, served by gunicorn threaded workers.",
         epilog="example:\n  spreadguard serve --policies policies/ --tls-cert certs/tls.crt --tls-key certs/tls.key "
         "--bind 127.0.0.1:8443",
@@ -86,6 +89,22 @@ def register(sub: Any) -> None:
     serve_p.add_argument("--bind", default="127.0.0.1:8443", help="HOST:PORT (default: 127.0.0.1:8443)")
     serve_p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
     serve_p.add_argument("--threads", type=int, default=8, help="threads per worker (default: 8)")
+    serve_p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections per worker; at the cap a new one evicts the oldest that is not being answered "
+        "(default: 1000)",
+    )
+    serve_p.add_argument(
+        "--budget",
+        type=float,
+        default=2.5,
+        metavar="SECONDS",
+        help="time to parse and decide one admission request before it is allowed undecided, with a warning "
+        "and a metric; keep it below the webhook's timeoutSeconds (default: 2.5; 0: unbounded)",
+    )
     serve_p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve_p.add_argument(
         "--reload-interval",

@@ -1,10 +1,17 @@
 """Flask routes: ``POST /mutate``, ``POST /validate``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 
-The HTTP layer only: size limits, JSON errors, fail-open on internal errors, and the record of each
-decision (one JSON log line and the metrics of ``webhook.metrics``). AdmissionReview handling itself is
-``webhook.admission`` and ``webhook.engine``. The loaded policies live in one immutable ``State`` object
-kept in ``app.extensions["spreadguard"]``, so a reload (``webhook.reload``) swaps them with a single
-assignment (``set_state``).
+The HTTP layer only: the body read with a cap, JSON errors, the time budget and fail-open on spreadguard's
+own errors, and the record of each request (one JSON log line and the metrics of ``webhook.server.metrics``).
+The AdmissionReview itself is parsed and answered by ``webhook.server.review`` (one path). The loaded
+policies live in one immutable ``State`` object kept in ``app.extensions["spreadguard"]``, so a reload
+(``webhook.server.reload``) swaps them with a single assignment (``set_state``).
+
+Failing open: an engine exception, a request over its time budget, or a large request that cannot get its
+turn in time is *allowed* with a warning on both endpoints (the hooks are ``failurePolicy: Ignore``: an
+error answer or no answer would admit the object as well, without a trace). Each is counted in
+``spreadguard_admission_failed_open_total{endpoint,reason}`` and logged once with the object's identity
+(uid, kind, namespace, name, user); ``manifests/components/alerts`` alerts on it. Isolation rules do not fail
+closed here (docs/install.md, "Failing open").
 """
 
 from __future__ import annotations
@@ -12,34 +19,32 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from webhook.engine import decide as engine
 from webhook.engine import workloads
-from webhook.server import metrics
+from webhook.server import budget, metrics
 from webhook.server import review as admission
 from webhook.server.logs import DECISIONS
 from webhook.server.reload import (
     DEFAULT_INTERVAL_SECONDS,
     PolicyWatcher,
-    ReloadStatus,
     State,
     load_state,
     reload_once,
 )
 
 __all__ = [
-    "ReloadStatus",
     "State",
     "create_app",
     "get_state",
-    "load_state",
     "master_before_fork",
     "set_state",
     "worker_started",
@@ -52,13 +57,19 @@ EXTENSION = "spreadguard"
 WORKER_READY = "worker ready"  # logged by each worker once it serves (after its first policy check)
 # An oversized body is read and thrown away (in chunks) up to this many bytes so the client gets the 400
 # on a healthy connection instead of a reset while it is still sending; beyond it the connection is dropped.
-DISCARD_LIMIT = 4 * admission.MAX_BODY_BYTES
-# Flask's MAX_CONTENT_LENGTH. One byte over the limit: werkzeug 3 silently truncates a chunked body at
-# MAX_CONTENT_LENGTH instead of raising 413, so reading limit + 1 bytes is how an oversized one shows.
-READ_CAP = admission.MAX_BODY_BYTES + 1
-_CHUNK = 64 * 1024
+# (Under gunicorn, spreadguard's worker refuses an oversized body before a thread sees it: ``worker.py``.)
+DISCARD_LIMIT = admission.MAX_BODY_BYTES + 8 * 1024 * 1024
+# Bodies above this size are parsed and decided one at a time per worker process: a JSON document costs
+# several times its size in Python objects, so this bounds a worker's memory whatever the clients send.
+LARGE_BODY_BYTES = 4 * 1024 * 1024
+_large_bodies = threading.BoundedSemaphore(1)
+_CHUNK = 1024 * 1024
 _MAX_ERROR_CHARS = 500
 _MAX_WARNING_CHARS = 240
+
+
+_ADMISSION_PATHS = {"/mutate": "mutate", "/validate": "validate", "/admit": "admit"}
+_STATUS_LINES = {200: "200 OK", 400: "400 Bad Request", 500: "500 Internal Server Error"}
 
 
 def get_state(app: Flask) -> State:
@@ -77,20 +88,33 @@ def one_line(text: object, limit: int = _MAX_ERROR_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def error_body(message: str) -> bytes:
+    """The body of every error answer: ``{"error": "<one line>"}``."""
+    return json.dumps({"error": one_line(message)}, separators=(",", ":")).encode()
+
+
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json")
 
 
 def _error(message: str, status: int = 400) -> Response:
-    return _json({"error": one_line(message)}, status)
+    return Response(error_body(message), status=status, mimetype="application/json")
 
 
-def _discard_body(already: int = 0) -> None:
-    """Read and drop what is left of the request body, up to ``DISCARD_LIMIT`` bytes in total."""
-    stream = request.environ.get("wsgi.input")
-    if stream is None:
-        return
-    budget = DISCARD_LIMIT - already
+def too_large_message(size: int | None = None) -> str:
+    what = f"request body of {size} bytes" if size is not None else "request body"
+    return f"{what} exceeds the limit of {admission.MAX_BODY_BYTES} bytes"
+
+
+def record_refusal(endpoint: str, message: str) -> None:
+    """Count and log an admission request refused before it reached the app (``worker.py``: too large)."""
+    record = Record(endpoint)
+    record.error = one_line(message)
+    record.finish()
+
+
+def _discard(stream: Any, budget: int) -> None:
+    """Read and drop up to ``budget`` more bytes of the request body."""
     try:
         while budget > 0:
             chunk = stream.read(min(_CHUNK, budget))
@@ -101,61 +125,36 @@ def _discard_body(already: int = 0) -> None:
         log.debug("discarding an oversized body failed", exc_info=True)
 
 
-def _too_large(size: int | None = None) -> Response:
-    what = f"request body of {size} bytes" if size is not None else "request body"
-    return _error(f"{what} exceeds the limit of {admission.MAX_BODY_BYTES} bytes")
+def read_body(environ: dict[str, Any]) -> bytes | None:
+    """The request body, read with a cap: at most ``MAX_BODY_BYTES`` + 1 bytes are ever held; None when larger.
 
-
-def _read_body(endpoint: str) -> bytes | Response:
-    """The raw body, or a 400 response when it is larger than ``admission.MAX_BODY_BYTES``."""
-    declared = request.content_length
-    if declared is not None and declared > admission.MAX_BODY_BYTES:
-        log.debug("/%s: rejected a body of %d bytes from %s", endpoint, declared, request.remote_addr)
-        if declared <= DISCARD_LIMIT:
-            _discard_body()
-        return _too_large(declared)
+    A declared ``Content-Length`` over the limit is refused before reading; a chunked body is read until it
+    passes the limit. What is left of a refused body is drained (up to ``DISCARD_LIMIT``) so the connection
+    stays usable for the next request.
+    """
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    limit = admission.MAX_BODY_BYTES
     try:
-        # reads at most MAX_CONTENT_LENGTH (the limit + 1) bytes, also for chunked bodies
-        data = request.get_data(cache=False)
-        over = len(data) > admission.MAX_BODY_BYTES
-    except RequestEntityTooLarge:  # in case a later werkzeug raises instead of truncating
-        data, over = b"", True
-    if over:
-        log.info(
-            "/%s: rejected a chunked body over %d bytes from %s",
-            endpoint,
-            admission.MAX_BODY_BYTES,
-            request.remote_addr,
-        )
-        _discard_body(max(len(data), admission.MAX_BODY_BYTES))
-        return _too_large()
-    return data
-
-
-def _uid_of(body: dict[str, Any] | None, raw: bytes) -> str | None:
-    """The request uid if it can be known, from the parsed ``body`` or, failing that, from ``raw``."""
-    if body is None:
-        try:
-            body = json.loads(raw)
-        except Exception:
-            return None
-    req = body.get("request") if isinstance(body, dict) else None
-    uid = req.get("uid") if isinstance(req, dict) else None
-    return uid if isinstance(uid, str) and uid else None
-
-
-def _fail_open(uid: str, exc: BaseException) -> dict[str, Any]:
-    """An allowing AdmissionReview for a request spreadguard failed on: never block a healthy cluster."""
-    reason = one_line(f"{type(exc).__name__}: {exc}", _MAX_WARNING_CHARS)
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": {
-            "uid": uid,
-            "allowed": True,
-            "warnings": [f"spreadguard internal error, request allowed: {reason}"],
-        },
-    }
+        declared = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        declared = -1
+    if declared > limit:
+        if declared <= DISCARD_LIMIT:
+            _discard(stream, declared)
+        return None
+    if declared >= 0:
+        data = stream.read(declared) if declared else b""
+        return bytes(data)
+    buf = bytearray()
+    while len(buf) <= limit:
+        chunk = stream.read(min(_CHUNK, limit + 1 - len(buf)))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+    _discard(stream, DISCARD_LIMIT - len(buf))
+    return None
 
 
 _KNOWN_KINDS = frozenset(kind for _group, kind in workloads.KINDS)
@@ -166,30 +165,32 @@ def _kind_label(kind: str) -> str:
     return kind if kind in _KNOWN_KINDS else ("unknown" if not kind else "other")
 
 
-class _Record:
+class Record:
     """What one admission request did, for its log line and its metrics (filled in as the request goes)."""
 
-    __slots__ = ("endpoint", "started", "req", "decision", "error", "exc")
+    __slots__ = ("endpoint", "started", "req", "decision", "error", "exc", "failed_open", "level")
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.started = time.perf_counter()
-        self.req: dict[str, Any] = {}
+        self.req: admission.AdmissionRequest | None = None
         self.decision: engine.Decision | None = None
         self.error = ""  # why the request got no decision (400) or failed (internal error)
         self.exc: BaseException | None = None  # an internal error: logged with its traceback
+        self.failed_open = ""  # why the request was allowed undecided: error, budget, busy
+        self.level = logging.INFO
 
     def outcome(self) -> str:
         d = self.decision
         if d is None:
             return "error"
-        if self.endpoint == "validate":
-            return "denied" if d.violations else "allowed"
-        return "mutated" if d.patch else "allowed"
+        if self.endpoint != "mutate" and d.violations:
+            return "denied"
+        return "mutated" if d.patch and self.endpoint != "validate" else "allowed"
 
     def findings(self) -> list[metrics.Finding]:
         d = self.decision
-        if d is None or self.endpoint != "validate":  # findings are judged (and counted) on /validate
+        if d is None or self.endpoint == "mutate":  # findings are judged (and counted) on /validate, /admit
             return []
         return [metrics.Finding(v.rule, v.policy, "deny") for v in d.violations] + [
             metrics.Finding(v.rule, v.policy, "warn") for v in d.advisories
@@ -198,115 +199,146 @@ class _Record:
     def finish(self) -> None:
         seconds = time.perf_counter() - self.started
         req = self.req
-        kind: dict[str, Any] = _dict(req.get("kind"))
-        obj: dict[str, Any] = _dict(req.get("object"))
-        kind_name = str(kind.get("kind") or obj.get("kind") or "")
-        operation = str(req.get("operation") or "")
+        kind_name = req.object_kind if req else ""
+        operation = req.operation if req else ""
         outcome = self.outcome()
         try:
             metrics.observe_admission(
-                self.endpoint, operation, _kind_label(kind_name), outcome, seconds, self.findings()
+                self.endpoint, operation, _kind_label(kind_name), outcome, seconds, self.findings(), self.failed_open
             )
         except Exception:  # metrics must never fail a request
             log.exception("recording metrics failed")
-        level = logging.ERROR if self.exc is not None else logging.INFO
+        level = logging.ERROR if self.exc is not None else self.level
         if decisions.isEnabledFor(level):
             decisions.log(
                 level,
                 "admission %s",
                 outcome,
                 exc_info=self.exc,
-                extra={"fields": self._fields(kind_name, operation, obj, outcome, seconds)},
+                extra={"fields": self._fields(kind_name, operation, outcome, seconds)},
             )
 
-    def _fields(self, kind: str, operation: str, obj: dict[str, Any], outcome: str, seconds: float) -> dict[str, Any]:
+    def _fields(self, kind: str, operation: str, outcome: str, seconds: float) -> dict[str, Any]:
         req, d = self.req, self.decision
-        judged = d if self.endpoint == "validate" else None  # findings are judged on /validate only
-        meta: dict[str, Any] = _dict(obj.get("metadata"))
-        user: dict[str, Any] = _dict(req.get("userInfo"))
+        judged = d if self.endpoint != "mutate" else None  # findings are judged on /validate and /admit
         fields: dict[str, Any] = {
-            "uid": req.get("uid"),
+            "uid": req.uid if req else None,
             "endpoint": self.endpoint,
             "operation": operation or None,
             "kind": kind or None,
-            "namespace": req.get("namespace") or meta.get("namespace") or None,
-            "name": req.get("name") or meta.get("name") or meta.get("generateName") or None,
-            "user": user.get("username"),
+            "namespace": (req.object_namespace or None) if req else None,
+            "name": (req.object_name or None) if req else None,
+            "user": req.user.username if req else None,
             "decision": outcome,
             "rules": sorted({v.rule for v in judged.violations}) if judged else [],
             "warnings": sorted({v.rule for v in judged.advisories}) if judged else [],
             "policies": list(d.policies) if d else [],
-            "patch_ops": len(d.patch) if d and self.endpoint == "mutate" else 0,
-            "dry_run": bool(req.get("dryRun")),
+            "patch_ops": len(d.patch) if d and self.outcome() == "mutated" else 0,
+            "dry_run": bool(req.dry_run) if req else False,
             "duration_ms": round(seconds * 1000, 3),
         }
         if d is not None:
-            debug = decisions.isEnabledFor(logging.DEBUG)
-            exemptions = getattr(d, "exemptions", None)
-            if exemptions:  # every exemption used is logged (who granted it and why are in the text)
-                fields["exemptions"] = [str(e) for e in exemptions]
-            if self.endpoint == "mutate":
+            if d.exemptions:  # every exemption used is logged (who granted it and why are in the text)
+                fields["exemptions"] = [str(e) for e in d.exemptions]
+            if self.endpoint != "validate":
                 # dryrun policies: what they would have changed, as lines; the would-be patch at debug
-                dryrun_patch = getattr(d, "dryrun_patch", None) or []
+                debug = decisions.isEnabledFor(logging.DEBUG)
                 if d.dryrun:
                     fields["dryrun_changes"] = list(d.dryrun)
-                if dryrun_patch:
-                    fields["dryrun_patch_ops"] = len(dryrun_patch)
+                if d.dryrun_patch:
+                    fields["dryrun_patch_ops"] = len(d.dryrun_patch)
                 if debug and d.patch:
                     fields["patch"] = d.patch
-                if debug and dryrun_patch:
-                    fields["dryrun_patch"] = dryrun_patch
+                if debug and d.dryrun_patch:
+                    fields["dryrun_patch"] = d.dryrun_patch
+        if self.failed_open:
+            fields["failed_open"] = self.failed_open
         if self.error:
             fields["error"] = self.error
         return fields
 
 
-def _answer(app: Flask, endpoint: str, record: _Record) -> Response:
-    raw = _read_body(endpoint)
-    if isinstance(raw, Response):
-        record.error = f"request body exceeds {admission.MAX_BODY_BYTES} bytes"
-        return raw
-    if not raw.strip():
-        record.error = "empty request body"
-        return _error("empty request body: expected an AdmissionReview (admission.k8s.io/v1)")
-    body: dict[str, Any] | None = None
+Answered = tuple[int, bytes]  # HTTP status and JSON body of an admission answer
+
+
+def _ok(payload: dict[str, Any]) -> Answered:
+    return 200, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _bad(message: str, status: int = 400) -> Answered:
+    return status, error_body(message)
+
+
+def _allow_undecided(record: Record, reason: str, warning: str) -> Answered:
+    """Fail open: allow ``record.req`` with a warning, counted as ``reason`` (error, budget, busy)."""
+    assert record.req is not None
+    record.failed_open = reason
+    return _ok(admission.allow_with_warning(record.req.uid, warning))
+
+
+_UID = re.compile(rb'"request"\s*:\s*\{\s*"uid"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
+
+
+def _uid_without_parsing(raw: bytes) -> str | None:
+    """``request.uid`` where the API server writes it (first in ``request``), without parsing the body."""
+    match = _UID.search(raw, 0, 64 * 1024)
+    return match.group(1).decode() if match else None
+
+
+def answer(app: Flask, endpoint: str, raw: bytes, record: Record) -> Answered:
+    """Answer one AdmissionReview body: parse once, ``review`` it within the budget, fail open on our errors."""
+    budget_seconds: float = app.config["SPREADGUARD_BUDGET_SECONDS"]
+    large = len(raw) > LARGE_BODY_BYTES
+    if large and not _large_bodies.acquire(timeout=budget_seconds):
+        record.error = f"another large request is being decided; {len(raw)} bytes waited {budget_seconds} s"
+        record.level = logging.WARNING
+        uid = _uid_without_parsing(raw)  # parsing is what this request must wait for
+        if uid is None:
+            return _bad(record.error)
+        record.req = admission.AdmissionRequest(uid=uid)
+        return _allow_undecided(record, "busy", f"spreadguard was busy, request allowed unchecked: {record.error}")
     try:
-        body = admission.parse_review(raw)
-        req = body["request"]
-        record.req = req
-        policies = list(get_state(app).policies)  # one read: this request sees one policy set, whole
-        obj = req.get("object")
-        # DELETE carries oldObject only; CONNECT carries options: nothing to decide
-        ctx = admission.context_of(req)
-        cache = get_cluster(app)
-        if cache is not None:  # one snapshot for the whole request; never waits on the API
-            ctx = replace(ctx, cluster=cache.view())
-        key = app.extensions.get(GRANT_KEY)
-        if key:  # signs and checks exemption grants (webhook/engine/grants.py)
-            ctx = replace(ctx, grant_key=key)
-        decision = engine.evaluate(obj, ctx, policies) if isinstance(obj, dict) else engine.Decision()
-        payload = admission.respond(req, decision, endpoint)
-        record.decision = decision
-        return _json(payload)
+        with budget.guard(budget_seconds):
+            record.req = admission.parse_review(raw)
+            cache = get_cluster(app)  # one snapshot for the whole request; never waits on the API
+            policies = get_state(app).policies  # one read: this request sees one policy set, whole
+            view = cache.view() if cache is not None else None
+            key = app.extensions.get(GRANT_KEY)  # signs and checks exemption grants (engine/grants.py)
+            result = admission.review(record.req, policies, endpoint, view, key or None)
+        record.decision = result.decision
+        return _ok(result)
     except admission.AdmissionError as exc:
         record.error = one_line(f"malformed AdmissionReview: {exc}")
-        return _error(str(exc) or "malformed AdmissionReview")
+        return _bad(str(exc) or "malformed AdmissionReview")
+    except budget.BudgetExceeded:
+        record.error = f"not decided within the budget of {budget_seconds} s"
+        record.level = logging.WARNING
+        if record.req is None:
+            return _bad(f"request not read within the budget of {budget_seconds} s")
+        return _allow_undecided(record, "budget", f"spreadguard ran out of time, request allowed: {record.error}")
     except Exception as exc:
-        uid = _uid_of(body, raw)
-        if not record.req and uid:
-            record.req = {"uid": uid}
         record.exc = exc
-        record.error = one_line(f"internal error, {'allowed' if uid else 'answered 400'}: {type(exc).__name__}: {exc}")
-        if uid is None:
-            return _error(f"spreadguard internal error and no request uid: {type(exc).__name__}: {exc}")
-        return _json(_fail_open(uid, exc))
+        reason = one_line(f"{type(exc).__name__}: {exc}", _MAX_WARNING_CHARS)
+        record.error = one_line(f"internal error, {'allowed' if record.req else 'answered 400'}: {reason}")
+        if record.req is None:
+            return _bad(f"spreadguard internal error and no request uid: {reason}")
+        return _allow_undecided(record, "error", f"spreadguard internal error, request allowed: {reason}")
+    finally:
+        if large:
+            _large_bodies.release()
 
 
-def _handle(app: Flask, endpoint: str) -> Response:
-    record = _Record(endpoint)
+def handle(app: Flask, endpoint: str, environ: dict[str, Any]) -> Answered:
+    """One admission request, from its WSGI environ to its answer, with its record (log line, metrics)."""
+    record = Record(endpoint)
     try:
-        return _answer(app, endpoint, record)
-    except BaseException as exc:  # an HTTP error raised while reading (the error handlers answer it)
+        raw = read_body(environ)
+        if raw is None:
+            record.error = f"request body exceeds {admission.MAX_BODY_BYTES} bytes"
+            declared = str(environ.get("CONTENT_LENGTH") or "")
+            return _bad(too_large_message(int(declared) if declared.isdigit() else None))
+        return answer(app, endpoint, raw, record)
+    except BaseException as exc:  # the client went away while sending: nothing to answer
         record.error = record.error or one_line(f"{type(exc).__name__}: {exc}")
         raise
     finally:
@@ -319,25 +351,51 @@ def _metrics_response(cert_expiry: metrics.CertExpiry | None) -> Response:
     return Response(metrics.render(), mimetype=None, content_type=metrics.CONTENT_TYPE)
 
 
-def create_app(policies_dir: str | Path, tls_cert: str | Path | None = None) -> Flask:
+def create_app(
+    policies_dir: str | Path, tls_cert: str | Path | None = None, budget_seconds: float = budget.DEFAULT_SECONDS
+) -> Flask:
     """The webhook's Flask app serving the policies in ``policies_dir``.
 
     Raises ``webhook.policy.PolicyError`` (every problem as ``file:line: field: message``) when the
     directory does not load, so a broken policy set never serves. ``tls_cert``, the serving certificate,
-    is only read for the expiry metric.
+    is only read for the expiry metric. ``budget_seconds``: the time one admission request may take to be
+    parsed and decided (0: unbounded) before it is allowed undecided (``webhook.server.budget``).
     """
     app = Flask("spreadguard")
-    app.config["MAX_CONTENT_LENGTH"] = READ_CAP
+    app.config["SPREADGUARD_BUDGET_SECONDS"] = budget_seconds
     set_state(app, load_state(policies_dir))
     cert_expiry = metrics.CertExpiry(str(tls_cert)) if tls_cert else None
 
+    # The admission routes: answered before Flask's request context, routing and Response objects (their
+    # per-request cost showed in the profile); every other path and method goes through Flask.
     @app.post("/mutate")
     def mutate() -> Response:
-        return _handle(app, "mutate")
+        status, body = handle(app, "mutate", request.environ)
+        return Response(body, status=status, mimetype="application/json")
 
     @app.post("/validate")
     def validate() -> Response:
-        return _handle(app, "validate")
+        status, body = handle(app, "validate", request.environ)
+        return Response(body, status=status, mimetype="application/json")
+
+    @app.post("/admit")
+    def admit() -> Response:
+        status, body = handle(app, "admit", request.environ)
+        return Response(body, status=status, mimetype="application/json")
+
+    flask_wsgi = app.wsgi_app
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+        endpoint = _ADMISSION_PATHS.get(environ.get("PATH_INFO", "")) if environ["REQUEST_METHOD"] == "POST" else None
+        if endpoint is None:
+            return flask_wsgi(environ, start_response)
+        status, body = handle(app, endpoint, environ)
+        start_response(
+            _STATUS_LINES[status], [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 
     @app.get("/metrics")
     def metrics_page() -> Response:
@@ -362,9 +420,7 @@ def create_app(policies_dir: str | Path, tls_cert: str | Path | None = None) -> 
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        # 404, 405 (keeping its Allow header), a 413 raised anywhere (always 400 here), ...
-        if isinstance(exc, RequestEntityTooLarge):
-            return _too_large()
+        # 404, 405 (keeping its Allow header), ...
         detail = f"{request.method} {request.path}"
         allowed = getattr(exc, "valid_methods", None)
         if allowed:
@@ -433,8 +489,3 @@ def worker_started(app: Flask, reload_interval: float = DEFAULT_INTERVAL_SECONDS
     if reload_interval > 0:
         return watcher.start()
     return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    """``value`` when it is a JSON object, else an empty one (requests are untrusted)."""
-    return value if isinstance(value, dict) else {}

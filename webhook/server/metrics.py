@@ -14,13 +14,20 @@ touches them, so no stale per-process file of the master enters the merge.
 Metrics (all in the ``spreadguard_`` namespace):
 
 ``spreadguard_admission_requests_total{endpoint,operation,kind,decision}``
-    AdmissionReview requests answered on ``/mutate`` and ``/validate``; ``decision`` is ``allowed``,
-    ``denied`` (``/validate`` refused it), ``mutated`` (``/mutate`` returned a non-empty patch) or ``error``
+    AdmissionReview requests answered on ``/mutate``, ``/validate`` and ``/admit``; ``decision`` is ``allowed``,
+    ``denied`` (``/validate`` or ``/admit`` refused it), ``mutated`` (a non-empty patch) or ``error``
     (malformed or oversized request: 400; internal error: allowed with a warning, fail-open).
 ``spreadguard_rule_violations_total{rule,policy,action}``
-    Rule findings reported on ``/validate`` (where findings are judged; ``/mutate`` evaluates the same object
-    and would count it twice): ``action`` ``deny`` for a finding that denied, ``warn`` for one reported as a
-    warning (rule action ``warn``, policy in ``warn`` or ``dryrun`` mode).
+    Rule findings reported on ``/validate`` and ``/admit`` (where findings are judged; ``/mutate`` evaluates
+    the same object and would count it twice): ``action`` ``deny`` for a finding that denied, ``warn`` for one
+    reported as a warning (rule action ``warn``, policy in ``warn`` or ``dryrun`` mode).
+``spreadguard_admission_failed_open_total{endpoint,reason}``
+    Requests allowed without a decision: ``error`` (an exception in spreadguard), ``budget`` (not decided
+    within the per-request time budget), ``busy`` (a large request waited too long for its turn). Each is
+    also in ``spreadguard_admission_requests_total`` with ``decision="error"``.
+``spreadguard_connections_refused_total{reason}``
+    Connections or requests the worker refused before a request thread saw them: ``handshake_timeout``,
+    ``read_timeout``, ``too_many_connections``, ``too_large``, ``bad_request`` (``webhook.server.worker``).
 ``spreadguard_admission_duration_seconds{endpoint}``
     Histogram of the time from request body read to response ready, per admission request.
 ``spreadguard_policy_reloads_total{result}``
@@ -30,6 +37,9 @@ Metrics (all in the ``spreadguard_`` namespace):
     1 if the last reload succeeded (or none happened yet) in every live worker, else 0 (mode ``livemin``).
 ``spreadguard_policies_loaded``
     Number of policies in force (mode ``livemostrecent``).
+``spreadguard_policy_reload_refused``
+    1 while the directory on disk is not what is served because a reload was refused (broken, empty, or
+    removing a policy whose file is still there), in any live worker (mode ``livemax``).
 ``spreadguard_certificate_expiry_timestamp_seconds``
     notAfter of the serving certificate on disk (what new connections are served), as a Unix time; read at
     scrape time (mode ``livemostrecent``).
@@ -57,11 +67,13 @@ from prometheus_client import (
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 NAMESPACE = "spreadguard"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-ENDPOINTS = ("mutate", "validate")
+ENDPOINTS = ("mutate", "validate", "admit")
 DECISIONS = ("allowed", "denied", "mutated", "error")
 # admission latencies are ~1 ms here; the API server's webhook timeout is at most 30 s, ours a few seconds
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 UNKNOWN = "unknown"
+FAILED_OPEN_REASONS = ("error", "budget", "busy")
+REFUSED_REASONS = ("handshake_timeout", "read_timeout", "too_many_connections", "too_large", "bad_request")
 
 
 class Metrics:
@@ -92,6 +104,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.failed_open = Counter(
+            "admission_failed_open",
+            "Admission requests allowed without a decision, by endpoint and reason (error, budget, busy).",
+            ["endpoint", "reason"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.refused = Counter(
+            "connections_refused",
+            "Connections or requests refused before a request thread saw them, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self.reloads = Counter(
             "policy_reloads",
             "Policy directory reloads after a change, by result (success or failure), per worker.",
@@ -105,6 +131,13 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
             multiprocess_mode="livemin",
+        )
+        self.reload_refused = Gauge(
+            "policy_reload_refused",
+            "1 while a refused reload leaves the served policies different from the directory.",
+            namespace=NAMESPACE,
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.policies_loaded = Gauge(
             "policies_loaded",
@@ -125,6 +158,11 @@ class Metrics:
             self.duration.labels(endpoint)
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        for endpoint in ENDPOINTS:
+            for reason in FAILED_OPEN_REASONS:
+                self.failed_open.labels(endpoint, reason)
+        for reason in REFUSED_REASONS:
+            self.refused.labels(reason)
 
 
 _lock = threading.Lock()
@@ -187,25 +225,35 @@ class Finding:
 
 
 def observe_admission(
-    endpoint: str, operation: str, kind: str, decision: str, seconds: float, findings: Iterable[Finding] = ()
+    endpoint: str,
+    operation: str,
+    kind: str,
+    decision: str,
+    seconds: float,
+    findings: Iterable[Finding] = (),
+    failed_open: str = "",
 ) -> None:
-    """Count one answered AdmissionReview request and its rule findings."""
+    """Count one answered AdmissionReview request, its rule findings, and why it failed open (if it did)."""
     m = get()
     m.requests.labels(endpoint, operation or UNKNOWN, kind or UNKNOWN, decision).inc()
     m.duration.labels(endpoint).observe(seconds)
     for f in findings:
         m.violations.labels(f.rule, f.policy, f.action).inc()
+    if failed_open:
+        m.failed_open.labels(endpoint, failed_open).inc()
 
 
-def policies_in_force(count: int) -> None:
-    get().policies_loaded.set(count)
+def refused(reason: str) -> None:
+    """Count a connection or request refused before a request thread saw it."""
+    get().refused.labels(reason).inc()
 
 
 def reload_result(ok: bool, policies: int | None = None) -> None:
-    """Record a reload attempt after a change of the policy directory."""
+    """Record a reload attempt after a change of the policy directory (a refused one is ``ok=False``)."""
     m = get()
     m.reloads.labels("success" if ok else "failure").inc()
     m.last_reload_success.set(1 if ok else 0)
+    m.reload_refused.set(0 if ok else 1)
     if ok and policies is not None:
         m.policies_loaded.set(policies)
 
@@ -214,6 +262,7 @@ def worker_started(policies: int, last_reload_ok: bool = True) -> None:
     """Set the gauges of a worker that starts serving ``policies`` policies."""
     m = get()
     m.last_reload_success.set(1 if last_reload_ok else 0)
+    m.reload_refused.set(0 if last_reload_ok else 1)
     m.policies_loaded.set(policies)
 
 

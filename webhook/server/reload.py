@@ -8,6 +8,13 @@ with one assignment. A request reads the state once, so it sees either the old s
 mix. A directory that does not load (a broken edit) leaves the last good set in force; the error, with file
 and line, goes to the log, to ``spreadguard_policy_last_reload_success`` and to ``/readyz``.
 
+Reload safety: a reload must not silently drop protection. A policy file that yields no policy (empty,
+only comments, only other kinds of document) is refused like a broken file, at start and on reload; and a
+reload that would remove a policy in force is refused while the file that defined it is still in the
+directory (an edit that emptied or renamed the policy inside it): only deleting the file removes its
+policies. A refused reload keeps the last good set, shows ``lastReload.ok: false`` with the reason on
+``/readyz`` and sets ``spreadguard_policy_reload_refused`` and ``spreadguard_policy_last_reload_success``.
+
 The hash is taken *before* loading: if a file changes while it is being loaded, the state may hold newer
 contents than its hash says, and the next poll simply loads again.
 """
@@ -23,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from webhook.engine.policy import Policy, PolicyError, load_policies
+from webhook.engine.policy import Policy, PolicyError, load_policies, parse_policy_text
 from webhook.server import metrics
 
 log = logging.getLogger("spreadguard.reload")
@@ -53,6 +60,7 @@ class State:
     ready: bool = False
     names: tuple[str, ...] = ()
     digest: str = ""  # fingerprint() of the directory taken before these policies were loaded
+    files: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (file name, names of the policies it defines)
     last_reload: ReloadStatus | None = field(default=None, compare=False)  # None until a change was seen
 
 
@@ -80,13 +88,60 @@ def fingerprint(directory: str | Path) -> str:
     return digest.hexdigest()
 
 
+def policy_files(directory: str | Path) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each policy file of ``directory`` (sorted) with the names of the policies it defines.
+
+    Raises ``PolicyError`` for every file that defines none: an empty or comment-only file is a mistake
+    (a truncated ConfigMap key, a botched edit), never a way to switch policies off.
+    """
+    root = Path(directory)
+    files: list[tuple[str, tuple[str, ...]]] = []
+    problems: list[str] = []
+    for path in sorted(p for p in root.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file()):
+        try:
+            found, _errors = parse_policy_text(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError):
+            continue  # load_policies reports it
+        if not found:
+            problems.append(
+                f"{path}:1: defines no HAPolicy (empty, only comments, or no policy document); "
+                "delete the file to remove its policies"
+            )
+        files.append((path.name, tuple(p.name for p in found)))
+    if problems:
+        raise PolicyError(problems)
+    return tuple(files)
+
+
 def load_state(policies_dir: str | Path) -> State:
     """Load the policy directory into a ready ``State``; raises ``PolicyError`` listing every problem."""
     digest = fingerprint(policies_dir)
     policies = tuple(load_policies(policies_dir))
     return State(
-        policies=policies, source=str(policies_dir), ready=True, names=tuple(p.name for p in policies), digest=digest
+        policies=policies,
+        source=str(policies_dir),
+        ready=True,
+        names=tuple(p.name for p in policies),
+        digest=digest,
+        files=policy_files(policies_dir),
     )
+
+
+def removals(current: State, files: tuple[tuple[str, tuple[str, ...]], ...]) -> list[str]:
+    """Why loading ``files`` over ``current`` must be refused: a policy in force disappears from a file
+    that is still there (its removal is only accepted by deleting the file)."""
+    now = {name for _file, names in files for name in names}
+    present = {file for file, _names in files}
+    problems = []
+    for file, names in current.files:
+        for name in names:
+            if name not in now and file in present:
+                path = Path(current.source) / file
+                problems.append(
+                    f"{path}:1: the reload would remove policy {name!r}, which this file defined and which is in "
+                    "force; delete the file to remove its policies"
+                )
+    return problems
 
 
 def reload_once(get: Callable[[], State], put: Callable[[State], None], observe: bool = True) -> ReloadStatus | None:
@@ -104,6 +159,10 @@ def reload_once(get: Callable[[], State], put: Callable[[State], None], observe:
     now = time.time()
     try:
         policies = tuple(load_policies(current.source))
+        files = policy_files(current.source)
+        refused = removals(current, files)
+        if refused:
+            raise PolicyError(refused)
     except PolicyError as exc:
         status = ReloadStatus(ok=False, at=now, errors=tuple(exc.problems))
         # remember the digest so one broken edit is reported once, not on every poll
@@ -129,7 +188,17 @@ def reload_once(get: Callable[[], State], put: Callable[[State], None], observe:
         return status
     status = ReloadStatus(ok=True, at=now)
     names = tuple(p.name for p in policies)
-    put(State(policies=policies, source=current.source, ready=True, names=names, digest=digest, last_reload=status))
+    put(
+        State(
+            policies=policies,
+            source=current.source,
+            ready=True,
+            names=names,
+            digest=digest,
+            files=files,
+            last_reload=status,
+        )
+    )
     log.info(
         "policies reloaded: %s",
         ", ".join(names),

@@ -30,6 +30,7 @@ from gunicorn.app.base import BaseApplication
 
 from webhook.engine.policy import PolicyError
 from webhook.server import logs, metrics
+from webhook.server.budget import DEFAULT_SECONDS as DEFAULT_BUDGET_SECONDS
 from webhook.server.reload import DEFAULT_INTERVAL_SECONDS
 
 # Longer than the idle timeout of the kube-apiserver's webhook client (client-go transports: 90 s, from Go's
@@ -37,6 +38,7 @@ from webhook.server.reload import DEFAULT_INTERVAL_SECONDS
 # the client reuses it.
 KEEPALIVE_SECONDS = 120
 GRACEFUL_TIMEOUT_SECONDS = 10
+DEFAULT_MAX_CONNECTIONS = 1000
 MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -196,15 +198,23 @@ class WebhookServer(BaseApplication):
 
 
 def gunicorn_options(
-    bind: str, tls_cert: str, tls_key: str, workers: int, threads: int, log_level: str
+    bind: str,
+    tls_cert: str,
+    tls_key: str,
+    workers: int,
+    threads: int,
+    log_level: str,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> dict[str, Any]:
     """The gunicorn settings spreadguard runs with."""
     options: dict[str, Any] = {
         "bind": [bind],
-        "worker_class": "gthread",
+        # gthread with a non-blocking front stage: TLS handshake and request reads never hold a thread
+        "worker_class": "webhook.server.worker.BoundedWorker",
         "workers": workers,
         "threads": threads,
         "keepalive": KEEPALIVE_SECONDS,
+        "worker_connections": max_connections,
         "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
         "certfile": tls_cert,
         "keyfile": tls_key,
@@ -294,6 +304,8 @@ def _prepare(
     kubeconfig: str | None = None,
     kube_context: str | None = None,
     grant_key: str | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
 ) -> Callable:
     try:
         parse_bind(bind)
@@ -301,6 +313,10 @@ def _prepare(
         raise ServeError(str(exc)) from None
     if workers < 1 or threads < 1:
         raise ServeError(f"--workers and --threads must be at least 1 (got {workers} and {threads})")
+    if max_connections < threads + 1:
+        raise ServeError(f"--max-connections must be more than --threads ({threads}); got {max_connections}")
+    if not (budget_seconds >= 0 and math.isfinite(budget_seconds)):
+        raise ServeError(f"--budget must be 0 (unbounded) or a number of seconds (got {budget_seconds})")
     if log_level not in LOG_LEVELS:
         raise ServeError(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if not (reload_interval >= 0 and math.isfinite(reload_interval)):
@@ -311,7 +327,7 @@ def _prepare(
     from webhook.server.app import create_app
 
     try:
-        app = create_app(policies, tls_cert=tls_cert)
+        app = create_app(policies, tls_cert=tls_cert, budget_seconds=budget_seconds)
     except PolicyError as exc:
         lines = "\n".join(f"  {p}" for p in exc.problems)
         raise ServeError(f"invalid policies in {policies} ({len(exc.problems)} problem(s)):\n{lines}", 1) from None
@@ -370,6 +386,8 @@ def run(
     kubeconfig: str | None = None,
     kube_context: str | None = None,
     grant_key: str | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
 ) -> int:
     """Serve the webhook until stopped (SIGTERM/SIGINT); returns the process exit code.
 
@@ -394,13 +412,15 @@ def run(
             kubeconfig,
             kube_context,
             grant_key,
+            max_connections,
+            budget_seconds,
         )
         directory, temporary = _metrics_dir(metrics_dir)
     except ServeError as exc:
         print(f"spreadguard serve: {exc}", file=sys.stderr)
         return exc.code
     master = os.getpid()
-    options = gunicorn_options(bind, tls_cert, tls_key, workers, threads, log_level)
+    options = gunicorn_options(bind, tls_cert, tls_key, workers, threads, log_level, max_connections)
     options["post_fork"] = _post_fork(app, reload_interval)
     if reload_interval > 0:
         options["pre_fork"] = _pre_fork(app)
