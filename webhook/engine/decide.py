@@ -204,15 +204,38 @@ def _diff(before: dict[str, Any], after: dict[str, Any], pointer: str = "") -> l
             ops.append({"op": "add", "path": path, "value": value})
         elif isinstance(old, dict) and isinstance(value, dict):
             ops.extend(_diff(old, value, path))
+        elif isinstance(old, list) and isinstance(value, list) and len(value) >= len(old):
+            ops.extend(_diff_list(old, value, path))
         else:
-            for op in jsonpatch.make_patch(old, value).patch:
-                ops.append({**op, "path": path + op["path"], **({"from": path + op["from"]} if "from" in op else {})})
+            ops.extend(_jsonpatch(old, value, path))
     ops.extend(
         {"op": "remove", "path": f"{pointer}/{k.replace('~', '~0').replace('/', '~1')}"}
         for k in before
         if k not in after
     )
     return ops
+
+
+def _diff_list(before: list[Any], after: list[Any], pointer: str) -> list[dict[str, Any]]:
+    """A list that kept its length or grew (mutators only add): changed objects are diffed in place, new
+    elements appended by index; anything else (a scalar changed in place) goes to ``jsonpatch``."""
+    ops: list[dict[str, Any]] = []
+    for i, old in enumerate(before):
+        new = after[i]
+        if old == new:
+            continue
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            return _jsonpatch(before, after, pointer)
+        ops.extend(_diff(old, new, f"{pointer}/{i}"))
+    ops.extend({"op": "add", "path": f"{pointer}/{i}", "value": after[i]} for i in range(len(before), len(after)))
+    return ops
+
+
+def _jsonpatch(before: Any, after: Any, pointer: str) -> list[dict[str, Any]]:
+    return [
+        {**op, "path": pointer + op["path"], **({"from": pointer + op["from"]} if "from" in op else {})}
+        for op in jsonpatch.make_patch(before, after).patch
+    ]
 
 
 def _classes(workload: Workload, policy: Policy, info: list[str] | None = None) -> dict[Path, str]:
