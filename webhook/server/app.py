@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.engine import decide as engine
 from webhook.engine import workloads
-from webhook.server import budget, metrics
+from webhook.server import budget, logs, metrics
 from webhook.server import review as admission
 from webhook.server.logs import DECISIONS
 from webhook.server.reload import (
@@ -210,13 +210,10 @@ class Record:
             log.exception("recording metrics failed")
         level = logging.ERROR if self.exc is not None else self.level
         if decisions.isEnabledFor(level):
-            decisions.log(
-                level,
-                "admission %s",
-                outcome,
-                exc_info=self.exc,
-                extra={"fields": self._fields(kind_name, operation, outcome, seconds)},
-            )
+            fields = self._fields(kind_name, operation, outcome, seconds)
+            # the common case skips logging's record machinery (the same line: logs.write_line)
+            if self.exc is not None or not logs.write_line(decisions, level, f"admission {outcome}", fields):
+                decisions.log(level, "admission %s", outcome, exc_info=self.exc, extra={"fields": fields})
 
     def _fields(self, kind: str, operation: str, outcome: str, seconds: float) -> dict[str, Any]:
         req, d = self.req, self.decision
