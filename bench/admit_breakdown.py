@@ -17,7 +17,9 @@ in microseconds per call. The stages:
   gunicorn's workers write);
 - ``log line``: one decision log line (``Record.finish`` minus its metrics) to /dev/null at ``info``;
 - ``WSGI /<endpoint>``: the whole request through the app, at ``--log-level warning`` (as
-  ``bench/side_by_side.py`` serves) and at ``info`` (the default) with multiprocess metrics.
+  ``bench/side_by_side.py`` serves) and at ``info`` (the default) with multiprocess metrics;
+- ``do-nothing WSGI``: the baseline, measured in the same run: ``bench/noop_webhook.py`` (Flask, parses the
+  review and allows it) called the same way. The ratios divide by it.
 
 The servers' figure over TLS is ``bench/side_by_side.py``; this one shows what the Python code costs.
 """
@@ -134,6 +136,19 @@ def main() -> int:
         environ["wsgi.input"] = io.BytesIO(raw)
         wsgi(environ, lambda status, headers: None)
 
+    sys.path.insert(0, str(REPO / "bench"))
+    from noop_webhook import app as noop_app
+
+    noop_wsgi = noop_app.wsgi_app
+    noop_base = dict(environ_base, PATH_INFO="/validate", SERVER_NAME="127.0.0.1", SERVER_PORT="443")
+    noop_base.update({"wsgi.url_scheme": "https", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.errors": sys.stderr})
+
+    def call_noop() -> None:
+        environ = dict(noop_base)
+        environ["wsgi.input"] = io.BytesIO(raw)
+        noop_wsgi(environ, lambda status, headers: None)
+
+    measure("do-nothing WSGI (baseline)", call_noop)
     logs.configure("warning")
     measure(f"WSGI /{endpoint}, log warning", call)
     logs.configure("info")
@@ -143,13 +158,17 @@ def main() -> int:
     measure(f"WSGI /{endpoint}, log info", call)
     sink.close()
 
+    base = figures["do-nothing WSGI (baseline)"]
+    ratios = {k: v / base for k, v in figures.items() if k.startswith("WSGI")}
     if args.json:
-        print(json.dumps({"object": args.object, "endpoint": endpoint, "us_per_call": figures}, indent=2))
+        out = {"object": args.object, "endpoint": endpoint, "us_per_call": figures, "ratio_to_do_nothing": ratios}
+        print(json.dumps(out, indent=2))
         return 0
     print(f"object: {args.object} ({len(raw)} bytes), endpoint /{endpoint}, {runs} x {calls} calls, CPU us per call")
     width = max(len(k) for k in figures)
     for name, value in figures.items():
-        print(f"  {name:<{width}}  {value:8.1f}")
+        ratio = f"  ({ratios[name]:.2f}x do-nothing)" if name in ratios else ""
+        print(f"  {name:<{width}}  {value:8.1f}{ratio}")
     return 0
 
 
