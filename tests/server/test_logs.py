@@ -98,7 +98,7 @@ def test_each_admission_writes_one_line_with_its_decision(stream: io.StringIO) -
     assert second["decision"] == "error" and second["uid"] is None and "error" in second
 
 
-def test_another_handler_or_a_filter_gets_the_record_through_logging(stream: io.StringIO) -> None:
+def test_another_handler_a_filter_or_formatter_gets_the_record_through_logging(stream: io.StringIO) -> None:
     only_configured()
     decisions = logging.getLogger(logs.DECISIONS)
     seen: list[logging.LogRecord] = []
@@ -125,3 +125,7 @@ def test_another_handler_or_a_filter_gets_the_record_through_logging(stream: io.
     finally:
         root.removeFilter(drop)
     assert logs.write_line(decisions, logging.INFO, "admission allowed", {})
+
+    assert logs._handler is not None
+    logs._handler.setFormatter(logging.Formatter("%(message)s"))  # someone re-formatted the handler
+    assert not logs.write_line(decisions, logging.INFO, "admission allowed", {})

@@ -8,8 +8,8 @@ made with ``extra={"fields": {...}}`` add those keys (an admission decision: ``u
 The admission decision line is on every request's path, so it has a direct writer (``write_line``): the
 same line the formatter would make (``line_text`` builds both), written straight to the configured
 handler's stream under its lock, without a ``LogRecord`` and the logging call chain; the timestamp string
-is cached per millisecond. It is used only when the line would reach exactly ``configure``'s handler (no
-other handler or filter on the way); otherwise the record goes through ``logging`` as before.
+is cached per millisecond. It is used only when the line would reach exactly ``configure``'s handler, still with its
+``JsonFormatter`` (no other handler or filter on the way); otherwise the record goes through ``logging``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ _direct = threading.local()  # re-entrance guard of write_line (a stream that lo
 def _direct_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[Any] | None:
     """``configure``'s handler when a record of ``logger`` at ``level`` would reach it and nothing else."""
     handler = _handler
-    if handler is None or level < handler.level or handler.filters:
+    if handler is None or level < handler.level or handler.filters or type(handler.formatter) is not JsonFormatter:
         return None
     current: logging.Logger | None = logger
     while current is not None:  # the record's way up, as Logger.callHandlers walks it
