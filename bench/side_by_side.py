@@ -149,6 +149,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--object", default=DEFAULT_OBJECT, help=f"captured -mutate fixture (default {DEFAULT_OBJECT})")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="spreadguard's --log-level (default warning; info, the install's default, logs one line per call)",
+    )
     parser.add_argument("--no-admit", action="store_true", help="skip /admit (to measure a version without it)")
     args = parser.parse_args()
 
@@ -174,7 +180,7 @@ def main() -> int:
         "spreadguard",
         [*py, "-m", "webhook.cli", "serve", "--policies", "policies", "--tls-cert", str(tmp / "tls.crt"),
          "--tls-key", str(tmp / "tls.key"), "--bind", f"127.0.0.1:{sg_port}", "--workers", "2", "--threads", "8",
-         "--cluster-cache", "off", "--log-level", "warning"],
+         "--cluster-cache", "off", "--log-level", args.log_level],
         sg_port, context, REPO,
     )  # fmt: skip
     noop = Server(

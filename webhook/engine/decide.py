@@ -183,11 +183,18 @@ SHARED_METADATA = ("managedFields",)  # never written by a mutator: shared with 
 def _working_copy(obj: dict[str, Any]) -> dict[str, Any]:
     """What the mutators may edit: ``spec`` and ``metadata`` copied, everything else (status...) shared."""
     out = dict(obj)
-    if isinstance(obj.get("spec"), dict):
-        out["spec"] = _clone(obj["spec"])
+    spec = obj.get("spec")
     meta = obj.get("metadata")
-    if isinstance(meta, dict):
-        out["metadata"] = {k: v if k in SHARED_METADATA else _clone(v) for k, v in meta.items()}
+    if not isinstance(meta, dict):
+        if isinstance(spec, dict):
+            out["spec"] = _clone(spec)
+        return out
+    # one copy of everything copied (each marshal call has a fixed cost), then the metadata keys in order
+    copied = {k: v for k, v in meta.items() if k not in SHARED_METADATA}
+    new_spec, new_meta = _clone([spec if isinstance(spec, dict) else None, copied])
+    if isinstance(spec, dict):
+        out["spec"] = new_spec
+    out["metadata"] = {k: meta[k] if k in SHARED_METADATA else new_meta[k] for k in meta}
     return out
 
 
@@ -249,6 +256,12 @@ def _classes(workload: Workload, policy: Policy, info: list[str] | None = None) 
     return out
 
 
+def _placed(group: Group, placement: dict[Path, str]) -> Group:
+    """``group`` with its class under the policy (the same frozen object when that changes nothing)."""
+    cls = placement.get(group.path, group.placement)
+    return group if cls == group.placement else replace(group, placement=cls)
+
+
 def _targets(
     copy: dict[str, Any],
     workload: Workload,
@@ -269,7 +282,7 @@ def _targets(
         Target(
             obj=copy,
             kind=workload.kind,
-            group=replace(group, placement=placement.get(group.path, group.placement)),
+            group=_placed(group, placement),
             template=template,
             workload_class=workload.workload_class,
             team=_team(copy, template, ns_team),

@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.engine import decide as engine
 from webhook.engine import workloads
-from webhook.server import budget, metrics
+from webhook.server import budget, logs, metrics
 from webhook.server import review as admission
 from webhook.server.logs import DECISIONS
 from webhook.server.reload import (
@@ -210,13 +210,10 @@ class Record:
             log.exception("recording metrics failed")
         level = logging.ERROR if self.exc is not None else self.level
         if decisions.isEnabledFor(level):
-            decisions.log(
-                level,
-                "admission %s",
-                outcome,
-                exc_info=self.exc,
-                extra={"fields": self._fields(kind_name, operation, outcome, seconds)},
-            )
+            fields = self._fields(kind_name, operation, outcome, seconds)
+            # the common case skips logging's record machinery (the same line: logs.write_line)
+            if self.exc is not None or not logs.write_line(decisions, level, f"admission {outcome}", fields):
+                decisions.log(level, "admission %s", outcome, exc_info=self.exc, extra={"fields": fields})
 
     def _fields(self, kind: str, operation: str, outcome: str, seconds: float) -> dict[str, Any]:
         req, d = self.req, self.decision
@@ -261,8 +258,11 @@ class Record:
 Answered = tuple[int, bytes]  # HTTP status and JSON body of an admission answer
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options would build one per call
+
+
 def _ok(payload: dict[str, Any]) -> Answered:
-    return 200, json.dumps(payload, separators=(",", ":")).encode()
+    return 200, _COMPACT.encode(payload).encode()
 
 
 def _bad(message: str, status: int = 400) -> Answered:
