@@ -36,8 +36,10 @@ DAEMONSET = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "ui
         (_pod([FOREIGN]), "mallory", "foreign-team-toleration"),  # a CPU pod
         (_pod([{"operator": "Exists"}], limits={"nvidia.com/mig-3g.40gb": 1}), "mallory", "wildcard-toleration"),
         (_pod([FOREIGN], DAEMONSET), "mallory", "foreign-team-toleration"),  # a forged DaemonSet owner
+        # a GPU quantity the API server stores but float() makes infinite: the engine raised, /validate admitted
+        (_pod([FOREIGN], limits={"nvidia.com/gpu": "1e309"}), "mallory", "foreign-team-toleration"),
     ],
-    ids=["cpu-pod", "mig-slice", "forged-daemonset-owner"],
+    ids=["cpu-pod", "mig-slice", "forged-daemonset-owner", "gpu-quantity-past-a-float"],
 )
 def test_bypasses_are_refused(server: Server, pod: dict, user: str, rule: str) -> None:
     resp = server.post("/validate", admission_review(pod, "i-1", user=user)).json()["response"]
