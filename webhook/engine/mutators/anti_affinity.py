@@ -16,10 +16,16 @@ ID = "anti-affinity"
 
 
 def already_spread(t: Target, topology_key: str) -> bool:
-    """Whether the template already repels its own group on ``topology_key`` (required or preferred)."""
+    """Whether the template already repels its own group on ``topology_key`` (required or preferred).
+
+    A term with ``mismatchLabelKeys`` does not count: the API server merges each key into its selector as
+    ``key NotIn (<the pod's value>)``, and with a key every pod of the group shares (a template label, the
+    controller's revision hash, which admission cannot see) it selects none of the group's own pods."""
     labels = t.labels
     for required in (True, False):
         for term in podspec.pod_affinity_terms(t.spec, "podAntiAffinity", required):
+            if term.get("mismatchLabelKeys"):
+                continue
             if term.get("topologyKey") == topology_key and podspec.term_selects(term, labels, t.namespace):
                 return True
     return False
