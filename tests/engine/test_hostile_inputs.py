@@ -37,3 +37,105 @@ def test_a_gpu_quantity_past_a_float_is_decided_not_crashed(quantity: str) -> No
     decision = evaluate(_pod({"nvidia.com/gpu": quantity}, tolerations=[FOREIGN]), ctx, POLICIES)
     assert "training" in decision.policies  # still a GPU pod: the GPU policies apply
     assert [v.rule for v in decision.violations] == ["foreign-team-toleration"]
+
+
+# --- work an input chooses, times the cluster's size ------------------------------------------------------
+
+
+def _cluster(nodes: int) -> Any:
+    from webhook.engine.placement import ClusterView, classify, node_from_api
+
+    team = {"key": "spreadguard.io/team", "value": "vision", "effect": "NoSchedule"}
+    infos = [
+        node_from_api(
+            {
+                "metadata": {"name": f"n{i}", "labels": {"kubernetes.io/hostname": f"n{i}", "pool": "a"}},
+                "spec": {"taints": [team]},
+                "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            }
+        )
+        for i in range(nodes)
+    ]
+    return ClusterView(synced=True, classes=classify(infos))
+
+
+GPU = {"nvidia.com/gpu": 1}
+HOST = "kubernetes.io/hostname"
+
+
+def _deployment(terms: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "ml"},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "d"}},
+            "template": {
+                "metadata": {"labels": {"app": "d"}},
+                "spec": {
+                    "affinity": {
+                        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+                    },
+                    "containers": [
+                        {"name": "c", "image": "busybox:1.36", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+# A node selection of a few hundred KB (far below what the API server stores) on a 5,000-node view. Each
+# requirement used to be checked on every node, for every group, on every call (anti-affinity, shortage,
+# gang zones): tens of millions of checks, seconds past the budget, so the request was admitted unchecked.
+HEAVY_SELECTIONS = {
+    "many-expressions-on-pool-labels": [
+        {"matchExpressions": [{"key": f"k{i}", "operator": "DoesNotExist"} for i in range(4000)]}
+    ],
+    "many-terms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a"]}]} for _ in range(2000)]
+    + [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}],
+    "many-hostname-requirements": [
+        {
+            "matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [f"x{i}"]} for i in range(3000)
+            ]
+        }
+    ],
+    "long-hostname-list": [
+        {
+            "matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [f"x{i}" for i in range(40000)]}
+            ]
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("terms", list(HEAVY_SELECTIONS.values()), ids=list(HEAVY_SELECTIONS))
+def test_node_selection_work_is_bounded_whatever_the_input(terms: list[dict[str, Any]]) -> None:
+    from unittest import mock
+
+    from webhook.engine import placement
+
+    calls = 0
+    real = placement._expr_holds
+
+    def counting(expr: dict[str, Any], labels: dict[str, str]) -> bool:
+        nonlocal calls
+        calls += 1 + len(expr.get("values") or [])
+        return real(expr, labels)
+
+    ctx = Context(namespace="ml", namespace_labels={"spreadguard.io/team": "vision"}, cluster=_cluster(5000))
+    with mock.patch.object(placement, "_expr_holds", counting):
+        decision = evaluate(_deployment(terms), ctx, POLICIES)
+    assert decision.allowed and any(n.startswith("anti-affinity:") for n in decision.notes)
+    assert calls <= placement.MAX_LABEL_CHECKS + 100_000  # the budget, plus one check per class and requirement
+
+
+def test_node_selection_within_the_budget_is_counted_node_by_node() -> None:
+    # two of the 5,000 nodes allowed by hostname: 4 replicas cannot get a node each, so preferred, with the count
+    terms = [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1", "n2"]}]}]
+    ctx = Context(namespace="ml", namespace_labels={"spreadguard.io/team": "vision"}, cluster=_cluster(5000))
+    decision = evaluate(_deployment(terms), ctx, POLICIES)
+    assert any("team vision has 2 eligible nodes" in n for n in decision.notes), decision.notes

@@ -139,25 +139,88 @@ def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:
     return False
 
 
-def _host_ok(term: dict[str, Any], labels: dict[str, str]) -> bool:
-    return all(_expr_holds(e, labels) for e in term.get("matchExpressions") or [] if isinstance(e, dict)) and all(
-        e.get("key") != "metadata.name" or _expr_holds({**e, "key": "kubernetes.io/hostname"}, labels)
-        for e in term.get("matchFields") or []
-        if isinstance(e, dict)
-    )
+HOSTNAME = podspec.HOSTNAME
+# Label checks (one per requirement and listed value) that counting eligible nodes may make per evaluation.
+# The node selection is the input's, the node count the cluster's: their product is not bounded by either,
+# and every call past the webhook's budget admits unchecked (fail open). Past it, a selection is no longer
+# applied node by node: the class's nodes all count (its taints and GPUs still decide). Only the choice
+# between required and preferred spreading and the gang zone use this count; no rule that denies relies on it.
+MAX_LABEL_CHECKS = 1_000_000
+
+
+class WorkMeter:
+    """Label checks spent by one evaluation (``Context.meter``): ``spend`` refuses what would pass the limit."""
+
+    __slots__ = ("spent", "limit", "exhausted")
+
+    def __init__(self, limit: int = MAX_LABEL_CHECKS) -> None:
+        self.spent = 0
+        self.limit = limit
+        self.exhausted = False
+
+    def spend(self, checks: int) -> bool:
+        if self.spent + checks > self.limit:
+            self.exhausted = True
+            return False
+        self.spent += checks
+        return True
+
+
+def _checks(exprs: list[dict[str, Any]]) -> int:
+    return sum(1 + len(e.get("values") or []) for e in exprs)
+
+
+def _host_requirements(term: dict[str, Any], shared: dict[str, str]) -> list[dict[str, Any]] | None:
+    """What ``term`` asks of a node's hostname, once the requirements on the labels every node of a class
+    shares are checked (once per class, not per node); None when one of those fails."""
+    out = []
+    for e in term.get("matchExpressions") or []:
+        if not isinstance(e, dict):
+            continue
+        if e.get("key") == HOSTNAME:
+            out.append(e)
+        elif not _expr_holds(e, shared):
+            return None
+    for e in term.get("matchFields") or []:
+        if isinstance(e, dict) and e.get("key") == "metadata.name":
+            out.append({**e, "key": HOSTNAME})
+    return out
 
 
 def _tolerated(tolerations: list[dict[str, Any]], key: str, value: str, effect: str) -> bool:
     return any(podspec.tolerates(t, key, value, effect) for t in tolerations)
 
 
-def eligible_classes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> list[tuple[NodeClass, int]]:
+def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter) -> int:
+    """How many nodes of ``cls`` the pod's nodeSelector and required node affinity allow."""
+    shared = dict(cls.labels)
+    class_checks = len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
+    if not meter.spend(class_checks):
+        return cls.count
+    if any(k != HOSTNAME and shared.get(k) != v for k, v in selector.items()):
+        return 0
+    hosts = cls.hostnames if HOSTNAME not in selector else tuple(h for h in cls.hostnames if h == selector[HOSTNAME])
+    live = [r for t in terms if (r := _host_requirements(t, shared)) is not None]
+    if terms and not live:
+        return 0
+    if not terms or any(not r for r in live):
+        return len(hosts)  # a term that holds on the class alone: every node of it
+    if not meter.spend(len(hosts) * sum(_checks(r) for r in live)):
+        return len(hosts)
+    return sum(1 for h in hosts if any(all(_expr_holds(e, {HOSTNAME: h}) for e in r) for r in live))
+
+
+def eligible_classes(
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], meter: WorkMeter | None = None
+) -> list[tuple[NodeClass, int]]:
     """(class, how many of its nodes) a pod with ``spec`` could be scheduled on, by selectors, affinity,
     taints and GPUs.
 
     Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
-    those tuples); the per-host loop only runs when the pod selects nodes by label.
+    those tuples); selector and affinity requirements on shared labels once per class; only those on the
+    hostname node by node, within ``meter`` (one per evaluation; a fresh one when not given).
     """
+    meter = meter if meter is not None else WorkMeter()
     selector = spec.get("nodeSelector") or {}
     terms = required_node_terms(spec)
     tolerations = podspec.tolerations(spec)
@@ -178,26 +241,17 @@ def eligible_classes(view: ClusterView, spec: dict[str, Any], gpu_resources: lis
             gpus_ok[cls.gpus] = not need or max((gpus.get(r, 0) for r in gpu_resources), default=0) >= need
         if not gpus_ok[cls.gpus]:
             continue
-        if not selector and not terms:
-            out.append((cls, cls.count))
-            continue
-        shared = dict(cls.labels)
-        count = 0
-        for host in cls.hostnames:
-            labels = {**shared, "kubernetes.io/hostname": host}
-            if any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            if terms and not any(_host_ok(t, labels) for t in terms):
-                continue
-            count += 1
+        count = _selected(cls, selector, terms, meter) if selector or terms else cls.count
         if count:
             out.append((cls, count))
     return out
 
 
-def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
+def eligible_nodes(
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], meter: WorkMeter | None = None
+) -> int:
     """How many nodes a pod with ``spec`` could be scheduled on."""
-    return sum(n for _cls, n in eligible_classes(view, spec, gpu_resources))
+    return sum(n for _cls, n in eligible_classes(view, spec, gpu_resources, meter))
 
 
 def node_gpus(cls: NodeClass, gpu_resources: list[str]) -> int:
@@ -206,21 +260,24 @@ def node_gpus(cls: NodeClass, gpu_resources: list[str]) -> int:
 
 
 def eligible_by_label(
-    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], key: str
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], key: str, meter: WorkMeter | None = None
 ) -> dict[str | None, tuple[int, int]]:
     """Eligible nodes per value of the node label ``key`` (None: nodes without it), as
     (nodes, GPUs of the smallest of them): what one zone can hold."""
     out: dict[str | None, tuple[int, int]] = {}
-    for cls, count in eligible_classes(view, spec, gpu_resources):
+    for cls, count in eligible_classes(view, spec, gpu_resources, meter):
         value = dict(cls.labels).get(key)
         nodes, gpus = out.get(value, (0, 1 << 30))
         out[value] = (nodes + count, min(gpus, node_gpus(cls, gpu_resources)))
     return out
 
 
-def largest_node_gpus(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
+def largest_node_gpus(
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], meter: WorkMeter | None = None
+) -> int:
     """GPUs of the largest node the pod could use (0 when none)."""
-    return max((node_gpus(c, gpu_resources) for c, _n in eligible_classes(view, spec, gpu_resources)), default=0)
+    classes = eligible_classes(view, spec, gpu_resources, meter)
+    return max((node_gpus(c, gpu_resources) for c, _n in classes), default=0)
 
 
 def shortage(t: Any) -> str | None:
@@ -232,7 +289,7 @@ def shortage(t: Any) -> str | None:
     cfg = t.policy.mutate.antiAffinity
     if cfg is None or cfg.topologyKey != "kubernetes.io/hostname":
         return None
-    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources)
+    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources, t.context.meter)
     needed = t.group.replicas + t.group.surge
     if eligible >= needed:
         return None

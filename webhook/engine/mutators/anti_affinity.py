@@ -38,7 +38,7 @@ def _why_required(t: Target) -> str:
         return ""
     pods = n + t.group.surge
     surge = f" ({n} replicas + {t.group.surge} surge)" if t.group.surge else ""
-    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources)
+    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources, t.context.meter)
     return f" ({eligible} eligible nodes for {pods} pods{surge}; a node failure takes at most 1 of {n})"
 
 
