@@ -139,3 +139,47 @@ def test_node_selection_within_the_budget_is_counted_node_by_node() -> None:
     ctx = Context(namespace="ml", namespace_labels={"spreadguard.io/team": "vision"}, cluster=_cluster(5000))
     decision = evaluate(_deployment(terms), ctx, POLICIES)
     assert any("team vision has 2 eligible nodes" in n for n in decision.notes), decision.notes
+
+
+# --- work linear in the number of groups ---------------------------------------------------------------------
+
+
+def _ray_cluster(groups: int) -> dict[str, Any]:
+    workers = [
+        {"groupName": f"g{i}", "replicas": 1, "template": {"spec": {"containers": [{"name": "w", "image": "ray"}]}}}
+        for i in range(groups)
+    ]
+    head = {"template": {"spec": {"containers": [{"name": "head", "image": "ray"}]}}}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "many", "namespace": "ml"},
+        "spec": {"headGroupSpec": head, "workerGroupSpecs": workers},
+    }
+
+
+@pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
+def test_groups_are_never_compared_pairwise(operation: str) -> None:
+    """Each group was looked up in the list of touched groups: n^2 comparisons (8,000 worker groups, 1 MB:
+    13 s, past the budget, so admitted unchecked)."""
+    from unittest import mock
+
+    from webhook.engine.workloads import Group
+
+    compared = 0
+    real = Group.__eq__
+
+    def counting(self: Group, other: object) -> bool:
+        nonlocal compared
+        compared += 1
+        return real(self, other)
+
+    groups = 2000
+    obj = _ray_cluster(groups)
+    old = _ray_cluster(groups)
+    old["spec"]["workerGroupSpecs"][0]["replicas"] = 2  # one group rescaled, the rest untouched
+    ctx = Context(operation=operation, namespace="ml", old_object=old if operation == "UPDATE" else None)
+    with mock.patch.object(Group, "__eq__", counting):
+        decision = evaluate(obj, ctx, POLICIES)
+    assert decision.policies == ["isolation", "training"]
+    assert compared <= 10 * groups

@@ -63,3 +63,28 @@ def test_a_toleration_added_to_an_existing_pod_is_judged(server: Server) -> None
     unchanged = admission_review(_pod([OWN]), "i-4", operation="UPDATE", user="mallory")
     unchanged["request"]["oldObject"] = _pod([OWN])
     assert server.post("/validate", unchanged).json()["response"]["allowed"] is True
+
+
+def test_a_foreign_toleration_among_8000_groups_is_refused_not_timed_out(server: Server) -> None:
+    """Groups were looked up pairwise (8,000 groups: 13 s in the engine), so the budget ran out and the
+    RayCluster was admitted unchecked with the foreign toleration of its last group."""
+    workers = [
+        {"groupName": f"g{i}", "replicas": 1, "template": {"spec": {"containers": [{"name": "w", "image": "ray"}]}}}
+        for i in range(8000)
+    ]
+    workers[-1]["template"]["spec"]["tolerations"] = [FOREIGN]
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "many", "namespace": "ml", "labels": {"spreadguard.io/team": "vision"}},
+        "spec": {
+            "headGroupSpec": {"template": {"spec": {"containers": [{"name": "head", "image": "ray"}]}}},
+            "workerGroupSpecs": workers,
+        },
+    }
+    resp = server.post("/validate", admission_review(cluster, "i-many", user="mallory"), timeout=30).json()["response"]
+    assert resp["allowed"] is False, resp.get("warnings")
+    assert (
+        "[foreign-team-toleration] spec.workerGroupSpecs[7999].template.spec.tolerations[0]"
+        in resp["status"]["message"]
+    )

@@ -304,7 +304,8 @@ def _judged(
     if len(touched) == len(workload.groups):
         return _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
     scratch = _working_copy(mutated)
-    untouched = [m.group for m in workload.groups if m.group not in touched]
+    changed = {g.path for g in touched}
+    untouched = [m.group for m in workload.groups if m.group.path not in changed]
     _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), None, [])
     return _targets(scratch, workload, None, facts, policy, ctx, exempt, placement)
 
