@@ -183,3 +183,75 @@ def test_groups_are_never_compared_pairwise(operation: str) -> None:
         decision = evaluate(obj, ctx, POLICIES)
     assert decision.policies == ["isolation", "training"]
     assert compared <= 10 * groups
+
+
+def test_tolerations_are_matched_to_taints_in_linear_time() -> None:
+    """Every toleration was tried against every distinct taint set of the cluster, on every call: 20,000
+    tolerations (1.5 MB) on a cluster with a few hundred taint sets took seconds, past the budget."""
+    from unittest import mock
+
+    from webhook.engine import podspec
+    from webhook.engine.placement import ClusterView, classify, node_from_api
+
+    nodes = [
+        node_from_api(
+            {
+                "metadata": {"name": f"n{i}", "labels": {"kubernetes.io/hostname": f"n{i}"}},
+                "spec": {"taints": [{"key": f"maintenance-{i}", "value": "x", "effect": "NoSchedule"}]},
+                "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            }
+        )
+        for i in range(300)
+    ]
+    view = ClusterView(synced=True, classes=classify(nodes))
+    tolerations = [
+        {"key": f"other-{i}", "operator": "Equal", "value": "v", "effect": "NoSchedule"} for i in range(5000)
+    ]
+    tolerations.append({"key": "maintenance-7", "operator": "Exists", "effect": "NoSchedule"})
+    obj = _deployment([])
+    del obj["spec"]["template"]["spec"]["affinity"]
+    obj["spec"]["template"]["spec"]["tolerations"] = tolerations
+    calls = 0
+    real = podspec.tolerates
+
+    def counting(*args: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    with mock.patch.object(podspec, "tolerates", counting):
+        decision = evaluate(obj, Context(namespace="ml", cluster=view), POLICIES)
+    # one node (maintenance-7) is usable: 4 replicas cannot get a node each
+    assert any("the cluster has 1 eligible node" in n for n in decision.notes), decision.notes
+    assert calls <= 20 * len(tolerations)
+
+
+TOLERATIONS = [
+    {"operator": "Exists"},
+    {"operator": "Exists", "effect": "NoExecute"},
+    {"key": "", "operator": "Exists"},
+    {"key": "team", "operator": "Exists"},
+    {"key": "team", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "team", "value": "nlp"},
+    {"key": "team", "operator": "Equal", "value": "nlp", "effect": "NoSchedule"},
+    {"key": "team", "operator": "Equal", "value": "nlp", "effect": "NoExecute"},
+    {"key": "team", "operator": "Equal"},
+    {"key": "team", "operator": "Lt", "value": "nlp"},
+    {"key": "other", "operator": "Equal", "value": "nlp"},
+    {"operator": "Equal", "value": "nlp"},
+]
+TAINTS = [
+    ("team", "nlp", "NoSchedule"),
+    ("team", "nlp", "NoExecute"),
+    ("team", "", "NoSchedule"),
+    ("x", "nlp", "NoSchedule"),
+]
+
+
+@pytest.mark.parametrize("tol", TOLERATIONS, ids=[str(t) for t in TOLERATIONS])
+def test_the_toleration_index_agrees_with_tolerates(tol: dict[str, Any]) -> None:
+    from webhook.engine import podspec
+    from webhook.engine.placement import _Tolerations
+
+    index = _Tolerations([tol])
+    assert [index.tolerate(*taint) for taint in TAINTS] == [podspec.tolerates(tol, *taint) for taint in TAINTS]

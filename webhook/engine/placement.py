@@ -187,8 +187,33 @@ def _host_requirements(term: dict[str, Any], shared: dict[str, str]) -> list[dic
     return out
 
 
-def _tolerated(tolerations: list[dict[str, Any]], key: str, value: str, effect: str) -> bool:
-    return any(podspec.tolerates(t, key, value, effect) for t in tolerations)
+class _Tolerations:
+    """A pod's tolerations indexed by what they match, so a taint is looked up in constant time (the same
+    verdict as ``podspec.tolerates`` on each): trying each toleration on each of the cluster's distinct taint
+    sets made the work the input's tolerations times the cluster's taint sets."""
+
+    def __init__(self, tolerations: list[dict[str, Any]]) -> None:
+        self.every_key: set[str] = set()  # effects ("" = all) tolerated whatever the key (no key, Exists)
+        self.by_key: dict[str, set[str]] = {}  # keyed Exists
+        self.by_value: dict[tuple[str, str], set[str]] = {}  # keyed, any other operator: compared by value
+        for tol in tolerations:
+            key, value, effect = tol.get("key"), tol.get("value") or "", tol.get("effect") or ""
+            op = tol.get("operator") or "Equal"
+            if not isinstance(effect, str) or not isinstance(value, str) or (key and not isinstance(key, str)):
+                continue  # never equal to a taint's strings: tolerates nothing
+            if not key:
+                if op == "Exists":
+                    self.every_key.add(effect)
+            elif op == "Exists":
+                self.by_key.setdefault(key, set()).add(effect)
+            else:
+                self.by_value.setdefault((key, value), set()).add(effect)
+
+    def tolerate(self, key: str, value: str, effect: str) -> bool:
+        return any(
+            effects is not None and ("" in effects or effect in effects)
+            for effects in (self.every_key, self.by_key.get(key), self.by_value.get((key, value or "")))
+        )
 
 
 def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter) -> int:
@@ -223,7 +248,7 @@ def eligible_classes(
     meter = meter if meter is not None else WorkMeter()
     selector = spec.get("nodeSelector") or {}
     terms = required_node_terms(spec)
-    tolerations = podspec.tolerations(spec)
+    tolerations = _Tolerations(podspec.tolerations(spec))
     need = podspec.gpu_count(spec, gpu_resources)
     taints_ok: dict[tuple[Any, ...], bool] = {}
     gpus_ok: dict[tuple[Any, ...], bool] = {}
@@ -231,7 +256,7 @@ def eligible_classes(
     for cls in view.classes:
         if cls.taints not in taints_ok:
             taints_ok[cls.taints] = not any(
-                effect in ("NoSchedule", "NoExecute") and not _tolerated(tolerations, key, value, effect)
+                effect in ("NoSchedule", "NoExecute") and not tolerations.tolerate(key, value, effect)
                 for key, value, effect in cls.taints
             )
         if not taints_ok[cls.taints]:
