@@ -255,3 +255,54 @@ def test_the_toleration_index_agrees_with_tolerates(tol: dict[str, Any]) -> None
 
     index = _Tolerations([tol])
     assert [index.tolerate(*taint) for taint in TAINTS] == [podspec.tolerates(tol, *taint) for taint in TAINTS]
+
+
+def test_a_hostname_node_selector_is_looked_up_not_scanned_per_group() -> None:
+    """A hostname nodeSelector on each of many groups was matched by walking every node of the cluster, for
+    every group on every call: groups (input) times nodes (cluster)."""
+    from webhook.engine.placement import ClusterView, NodeClass
+
+    scans = 0
+
+    class Hosts(tuple):  # type: ignore[type-arg]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            nonlocal scans
+            scans += 1
+            return super().__iter__()
+
+        def __contains__(self, item: object) -> bool:
+            nonlocal scans
+            scans += 1
+            return super().__contains__(item)
+
+    hosts = Hosts(f"n{i}" for i in range(5000))
+    view = ClusterView(synced=True, classes=(NodeClass((("pool", "a"),), (), (("nvidia.com/gpu", 8),), hosts),))
+    groups = 500
+    jobs = [
+        {
+            "name": f"r{i}",
+            "replicas": 1,
+            "template": {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "nodeSelector": {"kubernetes.io/hostname": f"n{i}"},
+                            "containers": [{"name": "c", "image": "busybox:1.36", "resources": {"limits": GPU}}],
+                        }
+                    }
+                }
+            },
+        }
+        for i in range(groups)
+    ]
+    obj = {
+        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+        "kind": "JobSet",
+        "metadata": {"name": "js", "namespace": "ml"},
+        "spec": {"replicatedJobs": jobs},
+    }
+    scans = 0
+    decision = evaluate(obj, Context(namespace="ml", cluster=view), POLICIES)
+    assert "training" in decision.policies
+    assert scans <= 10, scans

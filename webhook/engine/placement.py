@@ -38,6 +38,11 @@ class NodeClass:
     def count(self) -> int:
         return len(self.hostnames)
 
+    @cached_property
+    def host_set(self) -> frozenset[str]:
+        """The hostnames, for lookups (built once per snapshot, on first use)."""
+        return frozenset(self.hostnames)
+
 
 def node_from_api(node: dict[str, Any]) -> NodeInfo:
     """A NodeInfo from a Node object as the API returns it (dict form)."""
@@ -224,7 +229,10 @@ def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, An
         return cls.count
     if any(k != HOSTNAME and shared.get(k) != v for k, v in selector.items()):
         return 0
-    hosts = cls.hostnames if HOSTNAME not in selector else tuple(h for h in cls.hostnames if h == selector[HOSTNAME])
+    hosts = cls.hostnames
+    if HOSTNAME in selector:  # looked up, not scanned: groups (the input's) times nodes (the cluster's)
+        host = selector[HOSTNAME]
+        hosts = (host,) if isinstance(host, str) and host in cls.host_set else ()
     live = [r for t in terms if (r := _host_requirements(t, shared)) is not None]
     if terms and not live:
         return 0
