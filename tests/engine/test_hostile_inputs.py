@@ -306,3 +306,56 @@ def test_a_hostname_node_selector_is_looked_up_not_scanned_per_group() -> None:
     decision = evaluate(obj, Context(namespace="ml", cluster=view), POLICIES)
     assert "training" in decision.policies
     assert scans <= 10, scans
+
+
+def _distinct_nodes(count: int) -> Any:
+    """A view where every node carries a label of its own (an instance id, a rack slot): one class per node."""
+    from webhook.engine.placement import ClusterView, classify, node_from_api
+
+    infos = [
+        node_from_api(
+            {
+                "metadata": {"name": f"n{i}", "labels": {"kubernetes.io/hostname": f"n{i}", "host-id": str(i)}},
+                "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            }
+        )
+        for i in range(count)
+    ]
+    return ClusterView(synced=True, classes=classify(infos))
+
+
+def test_groups_times_distinct_nodes_is_bounded() -> None:
+    """1,000 GPU worker groups (180 KB) on 5,000 nodes that each carry a label of their own: every group was
+    checked against every node class on every call (18 s, past the budget: admitted unchecked)."""
+    from unittest import mock
+
+    from webhook.engine import placement
+
+    calls = 0
+    real = placement._selected
+
+    def counting(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    cluster = _ray_cluster(1000)
+    for w in cluster["spec"]["workerGroupSpecs"]:
+        w["replicas"] = 2
+        w["template"]["spec"]["containers"][0]["resources"] = {"limits": GPU}
+    with mock.patch.object(placement, "_selected", counting):
+        decision = evaluate(cluster, Context(namespace="ml", cluster=_distinct_nodes(5000)), POLICIES)
+    assert sum(n.startswith("anti-affinity:") for n in decision.notes) == 1000
+    assert calls <= placement.MAX_LABEL_CHECKS // 2
+
+
+def test_without_a_node_selection_nodes_are_counted_from_the_folded_view() -> None:
+    from webhook.engine.placement import eligible_by_label, eligible_nodes
+
+    view = _distinct_nodes(5000)
+    assert len(view.classes) == 5000 and len(view.folded()) == 1
+    spec = {"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"limits": GPU}}]}
+    assert eligible_nodes(view, spec, ["nvidia.com/gpu"]) == 5000
+    assert eligible_by_label(view, spec, ["nvidia.com/gpu"], "host-id")["7"] == (1, 8)
+    selected = {**spec, "nodeSelector": {"host-id": "7"}}
+    assert eligible_nodes(view, selected, ["nvidia.com/gpu"]) == 1

@@ -118,6 +118,23 @@ class ClusterView:
         out.update((host, c.taints) for c in self.classes for host in c.hostnames)
         return out
 
+    @cached_property
+    def _folds(self) -> dict[str | None, tuple[NodeClass, ...]]:
+        return {}
+
+    def folded(self, key: str | None = None) -> tuple[NodeClass, ...]:
+        """The classes folded by what decides eligibility without a node selection (taints, GPUs), keeping
+        only the label ``key`` (a zone): a handful, however many nodes carry labels of their own. Built once
+        per snapshot and key (the policy's), on first use."""
+        if key not in self._folds:
+            hosts: dict[tuple[Any, ...], list[str]] = {}
+            for c in self.classes:
+                value = dict(c.labels).get(key) if key else None
+                labels = ((key, value),) if key and value is not None else ()
+                hosts.setdefault((labels, c.taints, c.gpus), []).extend(c.hostnames)
+            self._folds[key] = tuple(NodeClass(lab, t, g, tuple(h)) for (lab, t, g), h in hosts.items())
+        return self._folds[key]
+
     def taints_of(self, node: str) -> tuple[tuple[str, str, str], ...] | None:
         """The taints of the node named ``node``, schedulable or cordoned (by its hostname label, which the kubelet sets
         to the node name unless overridden), or None when the view does not know it."""
@@ -224,9 +241,6 @@ class _Tolerations:
 def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter) -> int:
     """How many nodes of ``cls`` the pod's nodeSelector and required node affinity allow."""
     shared = dict(cls.labels)
-    class_checks = len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
-    if not meter.spend(class_checks):
-        return cls.count
     if any(k != HOSTNAME and shared.get(k) != v for k, v in selector.items()):
         return 0
     hosts = cls.hostnames
@@ -244,24 +258,35 @@ def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, An
 
 
 def eligible_classes(
-    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], meter: WorkMeter | None = None
+    view: ClusterView,
+    spec: dict[str, Any],
+    gpu_resources: list[str],
+    meter: WorkMeter | None = None,
+    key: str | None = None,
 ) -> list[tuple[NodeClass, int]]:
     """(class, how many of its nodes) a pod with ``spec`` could be scheduled on, by selectors, affinity,
-    taints and GPUs.
+    taints and GPUs; classes keep the label ``key`` (for counts per zone).
 
-    Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
-    those tuples); selector and affinity requirements on shared labels once per class; only those on the
-    hostname node by node, within ``meter`` (one per evaluation; a fresh one when not given).
+    Without a node selection the view's folded classes are enough (a handful). With one, requirements on
+    shared labels are checked once per class and those on the hostname node by node, within ``meter`` (one
+    per evaluation; a fresh one when not given): past it, the selection is not applied.
     """
     meter = meter if meter is not None else WorkMeter()
     selector = spec.get("nodeSelector") or {}
     terms = required_node_terms(spec)
+    classes = view.folded(key)
+    if selector or terms:
+        class_checks = len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
+        if meter.spend(len(view.classes) * (1 + class_checks)):
+            classes = view.classes
+        else:
+            selector, terms = {}, []
     tolerations = _Tolerations(podspec.tolerations(spec))
     need = podspec.gpu_count(spec, gpu_resources)
     taints_ok: dict[tuple[Any, ...], bool] = {}
     gpus_ok: dict[tuple[Any, ...], bool] = {}
     out: list[tuple[NodeClass, int]] = []
-    for cls in view.classes:
+    for cls in classes:
         if cls.taints not in taints_ok:
             taints_ok[cls.taints] = not any(
                 effect in ("NoSchedule", "NoExecute") and not tolerations.tolerate(key, value, effect)
@@ -298,7 +323,7 @@ def eligible_by_label(
     """Eligible nodes per value of the node label ``key`` (None: nodes without it), as
     (nodes, GPUs of the smallest of them): what one zone can hold."""
     out: dict[str | None, tuple[int, int]] = {}
-    for cls, count in eligible_classes(view, spec, gpu_resources, meter):
+    for cls, count in eligible_classes(view, spec, gpu_resources, meter, key):
         value = dict(cls.labels).get(key)
         nodes, gpus = out.get(value, (0, 1 << 30))
         out[value] = (nodes + count, min(gpus, node_gpus(cls, gpu_resources)))
