@@ -1,8 +1,11 @@
 """What the cluster has, as the engine sees it: a read-only snapshot of nodes and namespaces.
 
 Built by the caches (webhook/caches.py) from list+watch, never fetched on the request path. Nodes
-are folded into *classes* (same labels but the hostname, same taints, same allocatable GPUs), so
-counting the nodes a pod template could use costs a few dozen checks on a 10,000-node cluster.
+are folded into *classes* (same labels but the hostname, same taints, same allocatable GPUs), and the
+classes again by taints and GPUs alone (``ClusterView.folded``): a pod template without a node selection
+is counted against those, a handful whatever labels nodes carry of their own. A node selection (the
+input's) is checked per class and per hostname within a budget of label checks per evaluation
+(``MAX_LABEL_CHECKS``): the input never multiplies the cluster's size into unbounded work.
 """
 
 from __future__ import annotations
