@@ -359,3 +359,32 @@ def test_without_a_node_selection_nodes_are_counted_from_the_folded_view() -> No
     assert eligible_by_label(view, spec, ["nvidia.com/gpu"], "host-id")["7"] == (1, 8)
     selected = {**spec, "nodeSelector": {"host-id": "7"}}
     assert eligible_nodes(view, selected, ["nvidia.com/gpu"]) == 1
+
+
+def test_groups_with_the_same_node_selection_share_one_exact_count() -> None:
+    """The budget must not cost a large legitimate workload its precision: its groups share one node selection
+    (health avoidance adds the same node affinity to each), counted once per evaluation."""
+    from webhook.engine.placement import ClusterView, classify, node_from_api
+
+    flagged = {"gke.google.com/recommended-to-run-large-training-workload": "false"}
+    infos = [
+        node_from_api(
+            {
+                "metadata": {
+                    "name": f"n{i}",
+                    "labels": {"kubernetes.io/hostname": f"n{i}", "host-id": str(i), **(flagged if i % 2 else {})},
+                },
+                "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            }
+        )
+        for i in range(5000)
+    ]
+    cluster = _ray_cluster(300)
+    for w in cluster["spec"]["workerGroupSpecs"]:
+        w["replicas"] = 2
+        w["template"]["spec"]["containers"][0]["resources"] = {"limits": GPU}
+    view = ClusterView(synced=True, classes=classify(infos))
+    decision = evaluate(cluster, Context(namespace="ml", cluster=view), POLICIES)
+    counted = [n for n in decision.notes if n.startswith("anti-affinity:")]
+    assert len(counted) == 300 and all("(2500 eligible nodes for 2 pods" in n for n in counted), counted[-1]
+    assert not any("node selection too large" in i for i in decision.info)

@@ -10,6 +10,7 @@ input's) is checked per class and per hostname within a budget of label checks p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -176,12 +177,14 @@ MAX_LABEL_CHECKS = 1_000_000
 class WorkMeter:
     """Label checks spent by one evaluation (``Context.meter``): ``spend`` refuses what would pass the limit."""
 
-    __slots__ = ("spent", "limit", "exhausted")
+    __slots__ = ("spent", "limit", "exhausted", "counted")
 
     def __init__(self, limit: int = MAX_LABEL_CHECKS) -> None:
         self.spent = 0
         self.limit = limit
         self.exhausted = False
+        # eligible classes by what decides them: the groups of one workload mostly share a node selection
+        self.counted: dict[str, list[tuple[NodeClass, int]]] = {}
 
     def spend(self, checks: int) -> bool:
         if self.spent + checks > self.limit:
@@ -277,6 +280,25 @@ def eligible_classes(
     meter = meter if meter is not None else WorkMeter()
     selector = spec.get("nodeSelector") or {}
     terms = required_node_terms(spec)
+    need = podspec.gpu_count(spec, gpu_resources)
+    seen = json.dumps(
+        [id(view), selector, terms, podspec.tolerations(spec), need, gpu_resources, key], sort_keys=True, default=str
+    )
+    if seen not in meter.counted:
+        meter.counted[seen] = _eligible(view, selector, terms, spec, need, gpu_resources, meter, key)
+    return meter.counted[seen]
+
+
+def _eligible(
+    view: ClusterView,
+    selector: dict[str, Any],
+    terms: list[dict[str, Any]],
+    spec: dict[str, Any],
+    need: int,
+    gpu_resources: list[str],
+    meter: WorkMeter,
+    key: str | None,
+) -> list[tuple[NodeClass, int]]:
     classes = view.folded(key)
     if selector or terms:
         class_checks = len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
@@ -285,7 +307,6 @@ def eligible_classes(
         else:
             selector, terms = {}, []
     tolerations = _Tolerations(podspec.tolerations(spec))
-    need = podspec.gpu_count(spec, gpu_resources)
     taints_ok: dict[tuple[Any, ...], bool] = {}
     gpus_ok: dict[tuple[Any, ...], bool] = {}
     out: list[tuple[NodeClass, int]] = []
