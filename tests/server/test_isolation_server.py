@@ -36,8 +36,10 @@ DAEMONSET = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "ui
         (_pod([FOREIGN]), "mallory", "foreign-team-toleration"),  # a CPU pod
         (_pod([{"operator": "Exists"}], limits={"nvidia.com/mig-3g.40gb": 1}), "mallory", "wildcard-toleration"),
         (_pod([FOREIGN], DAEMONSET), "mallory", "foreign-team-toleration"),  # a forged DaemonSet owner
+        # a GPU quantity the API server stores but float() makes infinite: the engine raised, /validate admitted
+        (_pod([FOREIGN], limits={"nvidia.com/gpu": "1e309"}), "mallory", "foreign-team-toleration"),
     ],
-    ids=["cpu-pod", "mig-slice", "forged-daemonset-owner"],
+    ids=["cpu-pod", "mig-slice", "forged-daemonset-owner", "gpu-quantity-past-a-float"],
 )
 def test_bypasses_are_refused(server: Server, pod: dict, user: str, rule: str) -> None:
     resp = server.post("/validate", admission_review(pod, "i-1", user=user)).json()["response"]
@@ -61,3 +63,28 @@ def test_a_toleration_added_to_an_existing_pod_is_judged(server: Server) -> None
     unchanged = admission_review(_pod([OWN]), "i-4", operation="UPDATE", user="mallory")
     unchanged["request"]["oldObject"] = _pod([OWN])
     assert server.post("/validate", unchanged).json()["response"]["allowed"] is True
+
+
+def test_a_foreign_toleration_among_8000_groups_is_refused_not_timed_out(server: Server) -> None:
+    """Groups were looked up pairwise (8,000 groups: 13 s in the engine), so the budget ran out and the
+    RayCluster was admitted unchecked with the foreign toleration of its last group."""
+    workers = [
+        {"groupName": f"g{i}", "replicas": 1, "template": {"spec": {"containers": [{"name": "w", "image": "ray"}]}}}
+        for i in range(8000)
+    ]
+    workers[-1]["template"]["spec"]["tolerations"] = [FOREIGN]
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "many", "namespace": "ml", "labels": {"spreadguard.io/team": "vision"}},
+        "spec": {
+            "headGroupSpec": {"template": {"spec": {"containers": [{"name": "head", "image": "ray"}]}}},
+            "workerGroupSpecs": workers,
+        },
+    }
+    resp = server.post("/validate", admission_review(cluster, "i-many", user="mallory"), timeout=30).json()["response"]
+    assert resp["allowed"] is False, resp.get("warnings")
+    assert (
+        "[foreign-team-toleration] spec.workerGroupSpecs[7999].template.spec.tolerations[0]"
+        in resp["status"]["message"]
+    )

@@ -22,6 +22,7 @@ from webhook.engine import classes, exemptions, grants, model, owners, podspec, 
 from webhook.engine.ids import ISOLATION_RULE_IDS
 from webhook.engine.model import Workload, WorkloadFacts
 from webhook.engine.mutators import FIELDS, MUTATOR_IDS, MUTATORS
+from webhook.engine.placement import WorkMeter
 from webhook.engine.policy import Policy, effective_mode, matches
 from webhook.engine.rules import EXEMPTION_RULES, RULE_IDS, RULES
 from webhook.engine.target import Context, Finding, Target
@@ -316,7 +317,8 @@ def _judged(
     if len(touched) == len(workload.groups):
         return _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
     scratch = _working_copy(mutated)
-    untouched = [m.group for m in workload.groups if m.group not in touched]
+    changed = {g.path for g in touched}
+    untouched = [m.group for m in workload.groups if m.group.path not in changed]
     _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), None, [])
     return _targets(scratch, workload, None, facts, policy, ctx, exempt, placement)
 
@@ -421,7 +423,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
 
     Unknown kinds, DELETE and CONNECT pass untouched. ``obj`` is never modified.
     """
-    ctx = context or Context()
+    ctx = replace(context or Context(), meter=WorkMeter())  # this evaluation's own budget of label checks
     decision = Decision(mutated=obj)
     if ctx.operation not in ACTING_OPERATIONS:
         return decision
@@ -482,6 +484,11 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
     decision.info.extend(
         f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(placement_owners)
     )
+    if ctx.meter.exhausted:
+        decision.info.append(
+            "node selection too large to check node by node against the cluster view: nodes were counted by "
+            "their taints and GPUs (the choice of required or preferred spreading may be optimistic)"
+        )
     for denies, v in run.findings.values():
         (decision.violations if denies else decision.advisories).append(v)
     decision.patch = _diff(obj, mutated)

@@ -76,8 +76,9 @@ class Workload:
     def templates_in(self, copy: dict[str, Any], only: list[Group] | None = None) -> list[tuple[Group, dict[str, Any]]]:
         """(group, template) pairs inside ``copy`` (a working copy of ``obj``), for the mutators to edit."""
         out = []
+        wanted = None if only is None else {g.path for g in only}  # by path: a list lookup made this n^2
         for m in self.groups:
-            if only is not None and m.group not in only:
+            if wanted is not None and m.group.path not in wanted:
                 continue
             template = workloads.pod_template(copy, m.group)
             if isinstance(template, dict):

@@ -1,12 +1,16 @@
 """What the cluster has, as the engine sees it: a read-only snapshot of nodes and namespaces.
 
 Built by the caches (webhook/caches.py) from list+watch, never fetched on the request path. Nodes
-are folded into *classes* (same labels but the hostname, same taints, same allocatable GPUs), so
-counting the nodes a pod template could use costs a few dozen checks on a 10,000-node cluster.
+are folded into *classes* (same labels but the hostname, same taints, same allocatable GPUs), and the
+classes again by taints and GPUs alone (``ClusterView.folded``): a pod template without a node selection
+is counted against those, a handful whatever labels nodes carry of their own. A node selection (the
+input's) is checked per class and per hostname within a budget of label checks per evaluation
+(``MAX_LABEL_CHECKS``): the input never multiplies the cluster's size into unbounded work.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,6 +41,11 @@ class NodeClass:
     @property
     def count(self) -> int:
         return len(self.hostnames)
+
+    @cached_property
+    def host_set(self) -> frozenset[str]:
+        """The hostnames, for lookups (built once per snapshot, on first use)."""
+        return frozenset(self.hostnames)
 
 
 def node_from_api(node: dict[str, Any]) -> NodeInfo:
@@ -113,6 +122,23 @@ class ClusterView:
         out.update((host, c.taints) for c in self.classes for host in c.hostnames)
         return out
 
+    @cached_property
+    def _folds(self) -> dict[str | None, tuple[NodeClass, ...]]:
+        return {}
+
+    def folded(self, key: str | None = None) -> tuple[NodeClass, ...]:
+        """The classes folded by what decides eligibility without a node selection (taints, GPUs), keeping
+        only the label ``key`` (a zone): a handful, however many nodes carry labels of their own. Built once
+        per snapshot and key (the policy's), on first use."""
+        if key not in self._folds:
+            hosts: dict[tuple[Any, ...], list[str]] = {}
+            for c in self.classes:
+                value = dict(c.labels).get(key) if key else None
+                labels = ((key, value),) if key and value is not None else ()
+                hosts.setdefault((labels, c.taints, c.gpus), []).extend(c.hostnames)
+            self._folds[key] = tuple(NodeClass(lab, t, g, tuple(h)) for (lab, t, g), h in hosts.items())
+        return self._folds[key]
+
     def taints_of(self, node: str) -> tuple[tuple[str, str, str], ...] | None:
         """The taints of the node named ``node``, schedulable or cordoned (by its hostname label, which the kubelet sets
         to the node name unless overridden), or None when the view does not know it."""
@@ -139,36 +165,155 @@ def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:
     return False
 
 
-def _host_ok(term: dict[str, Any], labels: dict[str, str]) -> bool:
-    return all(_expr_holds(e, labels) for e in term.get("matchExpressions") or [] if isinstance(e, dict)) and all(
-        e.get("key") != "metadata.name" or _expr_holds({**e, "key": "kubernetes.io/hostname"}, labels)
-        for e in term.get("matchFields") or []
-        if isinstance(e, dict)
-    )
+HOSTNAME = podspec.HOSTNAME
+# Label checks (one per requirement and listed value) that counting eligible nodes may make per evaluation.
+# The node selection is the input's, the node count the cluster's: their product is not bounded by either,
+# and every call past the webhook's budget admits unchecked (fail open). Past it, a selection is no longer
+# applied node by node: the class's nodes all count (its taints and GPUs still decide). Only the choice
+# between required and preferred spreading and the gang zone use this count; no rule that denies relies on it.
+MAX_LABEL_CHECKS = 1_000_000
 
 
-def _tolerated(tolerations: list[dict[str, Any]], key: str, value: str, effect: str) -> bool:
-    return any(podspec.tolerates(t, key, value, effect) for t in tolerations)
+class WorkMeter:
+    """Label checks spent by one evaluation (``Context.meter``): ``spend`` refuses what would pass the limit."""
+
+    __slots__ = ("spent", "limit", "exhausted", "counted")
+
+    def __init__(self, limit: int = MAX_LABEL_CHECKS) -> None:
+        self.spent = 0
+        self.limit = limit
+        self.exhausted = False
+        # eligible classes by what decides them: the groups of one workload mostly share a node selection
+        self.counted: dict[str, list[tuple[NodeClass, int]]] = {}
+
+    def spend(self, checks: int) -> bool:
+        if self.spent + checks > self.limit:
+            self.exhausted = True
+            return False
+        self.spent += checks
+        return True
 
 
-def eligible_classes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> list[tuple[NodeClass, int]]:
+def _checks(exprs: list[dict[str, Any]]) -> int:
+    return sum(1 + len(e.get("values") or []) for e in exprs)
+
+
+def _host_requirements(term: dict[str, Any], shared: dict[str, str]) -> list[dict[str, Any]] | None:
+    """What ``term`` asks of a node's hostname, once the requirements on the labels every node of a class
+    shares are checked (once per class, not per node); None when one of those fails."""
+    out = []
+    for e in term.get("matchExpressions") or []:
+        if not isinstance(e, dict):
+            continue
+        if e.get("key") == HOSTNAME:
+            out.append(e)
+        elif not _expr_holds(e, shared):
+            return None
+    for e in term.get("matchFields") or []:
+        if isinstance(e, dict) and e.get("key") == "metadata.name":
+            out.append({**e, "key": HOSTNAME})
+    return out
+
+
+class _Tolerations:
+    """A pod's tolerations indexed by what they match, so a taint is looked up in constant time (the same
+    verdict as ``podspec.tolerates`` on each): trying each toleration on each of the cluster's distinct taint
+    sets made the work the input's tolerations times the cluster's taint sets."""
+
+    def __init__(self, tolerations: list[dict[str, Any]]) -> None:
+        self.every_key: set[str] = set()  # effects ("" = all) tolerated whatever the key (no key, Exists)
+        self.by_key: dict[str, set[str]] = {}  # keyed Exists
+        self.by_value: dict[tuple[str, str], set[str]] = {}  # keyed, any other operator: compared by value
+        for tol in tolerations:
+            key, value, effect = tol.get("key"), tol.get("value") or "", tol.get("effect") or ""
+            op = tol.get("operator") or "Equal"
+            if not isinstance(effect, str) or not isinstance(value, str) or (key and not isinstance(key, str)):
+                continue  # never equal to a taint's strings: tolerates nothing
+            if not key:
+                if op == "Exists":
+                    self.every_key.add(effect)
+            elif op == "Exists":
+                self.by_key.setdefault(key, set()).add(effect)
+            else:
+                self.by_value.setdefault((key, value), set()).add(effect)
+
+    def tolerate(self, key: str, value: str, effect: str) -> bool:
+        return any(
+            effects is not None and ("" in effects or effect in effects)
+            for effects in (self.every_key, self.by_key.get(key), self.by_value.get((key, value or "")))
+        )
+
+
+def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter) -> int:
+    """How many nodes of ``cls`` the pod's nodeSelector and required node affinity allow."""
+    shared = dict(cls.labels)
+    if any(k != HOSTNAME and shared.get(k) != v for k, v in selector.items()):
+        return 0
+    hosts = cls.hostnames
+    if HOSTNAME in selector:  # looked up, not scanned: groups (the input's) times nodes (the cluster's)
+        host = selector[HOSTNAME]
+        hosts = (host,) if isinstance(host, str) and host in cls.host_set else ()
+    live = [r for t in terms if (r := _host_requirements(t, shared)) is not None]
+    if terms and not live:
+        return 0
+    if not terms or any(not r for r in live):
+        return len(hosts)  # a term that holds on the class alone: every node of it
+    if not meter.spend(len(hosts) * sum(_checks(r) for r in live)):
+        return len(hosts)
+    return sum(1 for h in hosts if any(all(_expr_holds(e, {HOSTNAME: h}) for e in r) for r in live))
+
+
+def eligible_classes(
+    view: ClusterView,
+    spec: dict[str, Any],
+    gpu_resources: list[str],
+    meter: WorkMeter | None = None,
+    key: str | None = None,
+) -> list[tuple[NodeClass, int]]:
     """(class, how many of its nodes) a pod with ``spec`` could be scheduled on, by selectors, affinity,
-    taints and GPUs.
+    taints and GPUs; classes keep the label ``key`` (for counts per zone).
 
-    Taint and GPU verdicts are worked out once per distinct taint set / GPU capacity (classes share
-    those tuples); the per-host loop only runs when the pod selects nodes by label.
+    Without a node selection the view's folded classes are enough (a handful). With one, requirements on
+    shared labels are checked once per class and those on the hostname node by node, within ``meter`` (one
+    per evaluation; a fresh one when not given): past it, the selection is not applied.
     """
+    meter = meter if meter is not None else WorkMeter()
     selector = spec.get("nodeSelector") or {}
     terms = required_node_terms(spec)
-    tolerations = podspec.tolerations(spec)
     need = podspec.gpu_count(spec, gpu_resources)
+    seen = json.dumps(
+        [id(view), selector, terms, podspec.tolerations(spec), need, gpu_resources, key], sort_keys=True, default=str
+    )
+    if seen not in meter.counted:
+        meter.counted[seen] = _eligible(view, selector, terms, spec, need, gpu_resources, meter, key)
+    return meter.counted[seen]
+
+
+def _eligible(
+    view: ClusterView,
+    selector: dict[str, Any],
+    terms: list[dict[str, Any]],
+    spec: dict[str, Any],
+    need: int,
+    gpu_resources: list[str],
+    meter: WorkMeter,
+    key: str | None,
+) -> list[tuple[NodeClass, int]]:
+    classes = view.folded(key)
+    if selector or terms:
+        class_checks = len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
+        if meter.spend(len(view.classes) * (1 + class_checks)):
+            classes = view.classes
+        else:
+            selector, terms = {}, []
+    tolerations = _Tolerations(podspec.tolerations(spec))
     taints_ok: dict[tuple[Any, ...], bool] = {}
     gpus_ok: dict[tuple[Any, ...], bool] = {}
     out: list[tuple[NodeClass, int]] = []
-    for cls in view.classes:
+    for cls in classes:
         if cls.taints not in taints_ok:
             taints_ok[cls.taints] = not any(
-                effect in ("NoSchedule", "NoExecute") and not _tolerated(tolerations, key, value, effect)
+                effect in ("NoSchedule", "NoExecute") and not tolerations.tolerate(key, value, effect)
                 for key, value, effect in cls.taints
             )
         if not taints_ok[cls.taints]:
@@ -178,26 +323,17 @@ def eligible_classes(view: ClusterView, spec: dict[str, Any], gpu_resources: lis
             gpus_ok[cls.gpus] = not need or max((gpus.get(r, 0) for r in gpu_resources), default=0) >= need
         if not gpus_ok[cls.gpus]:
             continue
-        if not selector and not terms:
-            out.append((cls, cls.count))
-            continue
-        shared = dict(cls.labels)
-        count = 0
-        for host in cls.hostnames:
-            labels = {**shared, "kubernetes.io/hostname": host}
-            if any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            if terms and not any(_host_ok(t, labels) for t in terms):
-                continue
-            count += 1
+        count = _selected(cls, selector, terms, meter) if selector or terms else cls.count
         if count:
             out.append((cls, count))
     return out
 
 
-def eligible_nodes(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
+def eligible_nodes(
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], meter: WorkMeter | None = None
+) -> int:
     """How many nodes a pod with ``spec`` could be scheduled on."""
-    return sum(n for _cls, n in eligible_classes(view, spec, gpu_resources))
+    return sum(n for _cls, n in eligible_classes(view, spec, gpu_resources, meter))
 
 
 def node_gpus(cls: NodeClass, gpu_resources: list[str]) -> int:
@@ -206,21 +342,24 @@ def node_gpus(cls: NodeClass, gpu_resources: list[str]) -> int:
 
 
 def eligible_by_label(
-    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], key: str
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], key: str, meter: WorkMeter | None = None
 ) -> dict[str | None, tuple[int, int]]:
     """Eligible nodes per value of the node label ``key`` (None: nodes without it), as
     (nodes, GPUs of the smallest of them): what one zone can hold."""
     out: dict[str | None, tuple[int, int]] = {}
-    for cls, count in eligible_classes(view, spec, gpu_resources):
+    for cls, count in eligible_classes(view, spec, gpu_resources, meter, key):
         value = dict(cls.labels).get(key)
         nodes, gpus = out.get(value, (0, 1 << 30))
         out[value] = (nodes + count, min(gpus, node_gpus(cls, gpu_resources)))
     return out
 
 
-def largest_node_gpus(view: ClusterView, spec: dict[str, Any], gpu_resources: list[str]) -> int:
+def largest_node_gpus(
+    view: ClusterView, spec: dict[str, Any], gpu_resources: list[str], meter: WorkMeter | None = None
+) -> int:
     """GPUs of the largest node the pod could use (0 when none)."""
-    return max((node_gpus(c, gpu_resources) for c, _n in eligible_classes(view, spec, gpu_resources)), default=0)
+    classes = eligible_classes(view, spec, gpu_resources, meter)
+    return max((node_gpus(c, gpu_resources) for c, _n in classes), default=0)
 
 
 def shortage(t: Any) -> str | None:
@@ -232,7 +371,7 @@ def shortage(t: Any) -> str | None:
     cfg = t.policy.mutate.antiAffinity
     if cfg is None or cfg.topologyKey != "kubernetes.io/hostname":
         return None
-    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources)
+    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources, t.context.meter)
     needed = t.group.replicas + t.group.surge
     if eligible >= needed:
         return None

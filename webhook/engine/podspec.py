@@ -70,8 +70,8 @@ def gpu_count(spec: dict[str, Any], resources: list[str]) -> int:
                 if _positive(value):
                     try:
                         total = max(total, int(float(value)))  # type: ignore[arg-type]
-                    except (TypeError, ValueError):
-                        total = max(total, 1)
+                    except (TypeError, ValueError, OverflowError):  # "1Ki"; "1e309" (stored by the API server,
+                        total = max(total, 1)  # infinite as a float): a GPU request, counted as one
     return total
 
 

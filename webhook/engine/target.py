@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from webhook.engine.classes import Gang
-from webhook.engine.placement import ClusterView
+from webhook.engine.placement import ClusterView, WorkMeter
 from webhook.engine.podspec import pod_labels, spec_of
 from webhook.engine.workloads import PLACEMENT_OWNER_ANNOTATIONS, Group, Kind, format_path
 
@@ -32,6 +32,9 @@ class Context:
     grant_key: bytes | None = field(default=None, repr=False)
     resource: str = ""  # the request's resource ("deployments"), for scale subresources
     subresource: str = ""  # "scale" when the object is an autoscaling/v1 Scale
+    # label checks spent counting eligible nodes (placement.MAX_LABEL_CHECKS); ``evaluate`` gives each
+    # evaluation its own
+    meter: WorkMeter = field(default_factory=WorkMeter, repr=False, compare=False)
 
 
 @dataclass

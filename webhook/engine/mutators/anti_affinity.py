@@ -16,10 +16,16 @@ ID = "anti-affinity"
 
 
 def already_spread(t: Target, topology_key: str) -> bool:
-    """Whether the template already repels its own group on ``topology_key`` (required or preferred)."""
+    """Whether the template already repels its own group on ``topology_key`` (required or preferred).
+
+    A term with ``mismatchLabelKeys`` does not count: the API server merges each key into its selector as
+    ``key NotIn (<the pod's value>)``, and with a key every pod of the group shares (a template label, the
+    controller's revision hash, which admission cannot see) it selects none of the group's own pods."""
     labels = t.labels
     for required in (True, False):
         for term in podspec.pod_affinity_terms(t.spec, "podAntiAffinity", required):
+            if term.get("mismatchLabelKeys"):
+                continue
             if term.get("topologyKey") == topology_key and podspec.term_selects(term, labels, t.namespace):
                 return True
     return False
@@ -32,7 +38,7 @@ def _why_required(t: Target) -> str:
         return ""
     pods = n + t.group.surge
     surge = f" ({n} replicas + {t.group.surge} surge)" if t.group.surge else ""
-    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources)
+    eligible = eligible_nodes(view, t.spec, t.policy.gpuResources, t.context.meter)
     return f" ({eligible} eligible nodes for {pods} pods{surge}; a node failure takes at most 1 of {n})"
 
 

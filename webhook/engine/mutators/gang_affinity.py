@@ -34,7 +34,7 @@ def _node_gpus(t: Target) -> tuple[int, bool]:
     """GPUs of the nodes the gang would use, and whether that is assumed (no cluster view)."""
     view = t.context.cluster
     if view is not None and view.synced:
-        found = largest_node_gpus(view, t.spec, t.policy.gpuResources)
+        found = largest_node_gpus(view, t.spec, t.policy.gpuResources, t.context.meter)
         if found:
             return found, False
     return classes.DEFAULT_NODE_GPUS, True
@@ -49,7 +49,7 @@ def zone_mode(t: Target, zone_key: str, configured: str) -> tuple[str, str]:
         return "preferred", "no cluster view to check a zone can hold it"
     if t.gang is None:
         return "preferred", "gang size unknown at the pod"
-    zones = eligible_by_label(view, t.spec, t.policy.gpuResources, zone_key)
+    zones = eligible_by_label(view, t.spec, t.policy.gpuResources, zone_key, t.context.meter)
     if not zones:
         return "preferred", "no eligible node"
     if None in zones:
