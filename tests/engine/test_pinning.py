@@ -225,8 +225,12 @@ def test_pinning_by_label_is_left_unjudged_past_the_budget() -> None:
     spec = {"nodeSelector": {"rack_slot": "r1-u1"}}
     assert selection_hosts(CLUSTER, spec, WorkMeter()) == ("r1",)
     assert selection_hosts(CLUSTER, {"nodeSelector": {"pool": "h100"}}, WorkMeter()) == ("r1", "r2")
-    starved = WorkMeter(limit=3)
+    starved = WorkMeter(limit=1)  # a class check costs 1 + the selection's requirements (here 2)
     assert selection_hosts(CLUSTER, spec, starved) is None and starved.exhausted
+    notin = {"affinity": required_nodes([{"key": "rack_slot", "operator": "NotIn", "values": ["r1-u2", "r1-u3"]}])}
+    starved = WorkMeter(limit=10)  # NotIn narrows nothing by index: every class is checked, past this budget
+    assert selection_hosts(CLUSTER, notin, starved) is None and starved.exhausted
+    assert selection_hosts(CLUSTER, notin, WorkMeter()) == ("r1", "a1")
 
 
 # --- self-colocation with any pod set on the hostname key ---------------------------------------------------
@@ -278,3 +282,88 @@ def test_an_anchor_denial_says_why_and_how_to_fix() -> None:
         "key, or, if the selected pods run on every node of a pool (a DaemonSet), select that pool by a node "
         "label instead"
     )
+
+
+def _distinct(count: int) -> ClusterView:
+    """``count`` nodes that each carry a rack slot of their own (one class per node) and share pool=a."""
+    records = [
+        record(node_from_api(node(f"n{i}", pool="a", **{"example.com__rack-slot": f"s{i}"}))) for i in range(count)
+    ]
+    return ClusterView(synced=True, classes=classify_records(records), cordoned=cordoned(records))
+
+
+def test_a_pin_padded_past_the_budget_is_still_found() -> None:
+    """A pin on a label one node carries, padded with requirements every node meets (300 DoesNotExist on keys no
+    node has): checking every one of 5,000 classes would cost 1.5 M label checks, past the evaluation's budget, so
+    the count was unknown and the pin admitted. The nodes that can match are looked up by the narrowing
+    requirement (an indexed label), so the check costs what the matching nodes cost, not the cluster's size."""
+    padding = [{"key": f"junk-{i}", "operator": "DoesNotExist"} for i in range(300)]
+    pin = [{"key": "example.com/rack-slot", "operator": "In", "values": ["s7"]}, *padding]
+    obj = job(3, affinity=required_nodes(pin))
+    found = [v for v in violations(obj, _distinct(5000)) if v[0] == "single-node-pinning"]
+    assert [v[1] for v in found] == [AFF] and "can only run on node n7:" in found[0][2]
+    meter = WorkMeter()
+    assert selection_hosts_of(_distinct(5000), {"nodeSelector": {"pool": "a", "example.com/rack-slot": "s7"}}, meter)
+    assert meter.spent < 100
+
+
+def test_pool_selections_padded_past_the_budget_stay_unknown_not_denied() -> None:
+    """Requirements that narrow nothing (NotIn, DoesNotExist) on every class past the budget: unknown, admitted."""
+    padding = [{"key": f"junk-{i}", "operator": "DoesNotExist"} for i in range(300)]
+    obj = job(
+        3, affinity=required_nodes([{"key": "example.com/rack-slot", "operator": "NotIn", "values": ["s1"]}, *padding])
+    )
+    assert [v for v in violations(obj, _distinct(5000)) if v[0] == "single-node-pinning"] == []
+
+
+def selection_hosts_of(view: ClusterView, spec: dict[str, Any], meter: WorkMeter) -> tuple[str, ...] | None:
+    from webhook.engine.placement import selection_hosts
+
+    return selection_hosts(view, spec, meter)
+
+
+NODES = [
+    ("r1", {"pool": "h100", "rack_slot": "r1-u1"}),
+    ("r2", {"pool": "h100", "rack_slot": "r1-u2"}),
+    ("r3", {"pool": "h100", "rack_slot": "r1-u3"}),
+    ("a1", {"pool": "a100", "instance_id": "i-a1"}),
+    ("c1", {"pool": "a100", "instance_id": "i-c1"}),  # cordoned in CLUSTER
+    ("b1", {"pool": "b200", HEALTH: "false"}),
+    ("b2", {"pool": "b200"}),
+]
+SELECTIONS = [
+    {"nodeSelector": {"pool": "a100"}},
+    {"nodeSelector": {"pool": "a100", "instance_id": "i-c1"}},
+    {"nodeSelector": {"pool": "h100", "rack_slot": "r9"}},
+    {"affinity": required_nodes([{"key": "rack_slot", "operator": "In", "values": ["r1-u3", "r1-u1"]}])},
+    {"affinity": required_nodes([{"key": "instance_id", "operator": "Exists"}])},
+    {
+        "affinity": required_nodes(
+            [{"key": "instance_id", "operator": "DoesNotExist"}, {"key": "pool", "operator": "In", "values": ["b200"]}]
+        )
+    },
+    {
+        "affinity": required_nodes(
+            [{"key": "rack_slot", "operator": "In", "values": ["r1-u2"]}],
+            [{"key": "pool", "operator": "NotIn", "values": ["h100", "b200"]}],
+        )
+    },
+    {"nodeSelector": {"pool": "b200"}, "affinity": required_nodes([{"key": HEALTH, "operator": "Exists"}])},
+]
+
+
+@pytest.mark.parametrize("spec", SELECTIONS)
+def test_selection_hosts_agree_with_checking_every_node(spec: dict[str, Any]) -> None:
+    from webhook.engine.placement import _expr_holds, selection_hosts
+
+    def allows(name: str, labels: dict[str, str]) -> bool:
+        labels = {HOST: name, **labels}
+        if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
+            return False
+        terms = spec.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+        return not terms or any(
+            all(_expr_holds(e, labels) for e in t["matchExpressions"]) for t in terms["nodeSelectorTerms"]
+        )
+
+    expected = sorted(name for name, labels in NODES if allows(name, labels))
+    assert sorted(selection_hosts(CLUSTER, spec, WorkMeter(), upto=len(NODES)) or ()) == expected

@@ -150,6 +150,30 @@ class ClusterView:
         selections that count what a selection allows, not where pods can start now."""
         return tuple(NodeClass(labels, taints, (), (host,)) for host, taints, labels in self.cordoned)
 
+    @cached_property
+    def every_class(self) -> tuple[NodeClass, ...]:
+        """The schedulable classes and the cordoned nodes, each cordoned node a class of its own."""
+        return (*self.classes, *self.cordoned_classes)
+
+    @cached_property
+    def by_label(self) -> dict[tuple[str, str], list[NodeClass]]:
+        """``every_class`` by each (label, value) they carry (the hostname excluded): the classes a node selection
+        that requires a label can match, looked up instead of scanned."""
+        out: dict[tuple[str, str], list[NodeClass]] = {}
+        for c in self.every_class:
+            for pair in c.labels:
+                out.setdefault(pair, []).append(c)
+        return out
+
+    @cached_property
+    def by_label_key(self) -> dict[str, list[NodeClass]]:
+        """``every_class`` by each label key they carry (for ``Exists``)."""
+        out: dict[str, list[NodeClass]] = {}
+        for c in self.every_class:
+            for key, _value in c.labels:
+                out.setdefault(key, []).append(c)
+        return out
+
     def taints_of(self, node: str) -> tuple[tuple[str, str, str], ...] | None:
         """The taints of the node named ``node``, schedulable or cordoned (by its hostname label, which the kubelet sets
         to the node name unless overridden), or None when the view does not know it."""
@@ -374,7 +398,9 @@ def _selection_hosts(
 ) -> tuple[str, ...] | None:
     class_checks = 1 + len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
     found: list[str] = []
-    candidates = (*view.classes, *view.cordoned_classes)
+    candidates = _candidates(view, selector, terms, meter)
+    if candidates is None:
+        return None
     for cls in candidates:
         if not meter.spend(class_checks):
             return None
@@ -385,6 +411,45 @@ def _selection_hosts(
         if len(found) >= upto:
             break
     return tuple(found)
+
+
+def _candidates(
+    view: ClusterView, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter
+) -> list[NodeClass] | tuple[NodeClass, ...] | None:
+    """The classes a node selection can match at all, by its narrowest required label: a ``nodeSelector`` pair,
+    and in every (ORed) term an ``In`` or ``Exists`` requirement. A superset of the matches, looked up in the
+    view's label index, so padding a selection with requirements that narrow nothing does not multiply the
+    cluster's size. None when ``meter`` cannot pay for merging the terms' lists."""
+    best: list[NodeClass] | tuple[NodeClass, ...] = view.every_class
+    for key, value in selector.items():
+        if key != HOSTNAME:
+            got = view.by_label.get((key, value), []) if isinstance(value, str) else []
+            if len(got) < len(best):
+                best = got
+    if not terms:
+        return best
+    merged: dict[int, NodeClass] = {}
+    for term in terms:
+        narrowest: tuple[int, list[list[NodeClass]]] | None = None
+        for e in term.get("matchExpressions") or []:
+            if not isinstance(e, dict) or not isinstance(e.get("key"), str) or e.get("key") == HOSTNAME:
+                continue
+            values = e.get("values") or []
+            if e.get("operator") == "In" and isinstance(values, list):
+                lists = [view.by_label.get((e["key"], v), []) for v in values if isinstance(v, str)]
+            elif e.get("operator") == "Exists":
+                lists = [view.by_label_key.get(e["key"], [])]
+            else:
+                continue
+            size = sum(len(x) for x in lists)
+            if narrowest is None or size < narrowest[0]:
+                narrowest = (size, lists)
+        if narrowest is None:
+            return best  # a term that may match any class: the terms narrow nothing
+        if not meter.spend(narrowest[0]):
+            return None
+        merged.update((id(c), c) for x in narrowest[1] for c in x)
+    return list(merged.values()) if len(merged) < len(best) else best
 
 
 def eligible_nodes(
