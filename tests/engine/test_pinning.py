@@ -367,3 +367,23 @@ def test_selection_hosts_agree_with_checking_every_node(spec: dict[str, Any]) ->
 
     expected = sorted(name for name, labels in NODES if allows(name, labels))
     assert sorted(selection_hosts(CLUSTER, spec, WorkMeter(), upto=len(NODES)) or ()) == expected
+
+
+MALFORMED = {
+    "non-string-node-selector-values": {"nodeSelector": {"pool": 5, "rack_slot": ["r1-u1"]}},
+    "non-dict-terms-and-values": {
+        "affinity": required_nodes(["y", {"key": "rack_slot", "operator": "In", "values": 5}])  # type: ignore[list-item]
+    },
+    "non-string-keys-and-values": {
+        "affinity": required_nodes(
+            [{"key": 7, "operator": "Exists"}, {"key": "rack_slot", "operator": "In", "values": [{"a": 1}, "r1-u1"]}]
+        )
+    },
+}
+
+
+@pytest.mark.parametrize("spec", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_a_malformed_selection_in_a_crd_template_is_decided_not_crashed(spec: dict[str, Any]) -> None:
+    """A CRD's template is not validated like a Pod's: a selection the API server would refuse for the pods pins
+    nothing (they are never created) and must not crash the evaluation (which would admit unchecked)."""
+    assert [v for v in violations(pytorchjob(True, **spec)) if v[0] == "single-node-pinning"] == []

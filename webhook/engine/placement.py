@@ -182,6 +182,8 @@ class ClusterView:
 
 def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:
     key, op, values = str(expr.get("key") or ""), expr.get("operator"), expr.get("values") or []
+    if not isinstance(values, list):
+        values = []  # not a list of values (a CRD's template is not validated like a Pod's): matches no value
     present = key in labels
     if op == "In":
         return present and labels[key] in values
@@ -234,7 +236,9 @@ class WorkMeter:
 
 
 def _checks(exprs: list[dict[str, Any]]) -> int:
-    return sum(1 + len(e.get("values") or []) for e in exprs)
+    return sum(
+        1 + (len(values) if isinstance(values := e.get("values"), list) else 0) for e in exprs if isinstance(e, dict)
+    )
 
 
 def _host_requirements(term: dict[str, Any], shared: dict[str, str]) -> list[dict[str, Any]] | None:

@@ -74,16 +74,23 @@ def _pinned_by_labels(t: Target) -> list[Finding]:
 
 def _user_selection(t: Target) -> dict[str, Any]:
     """The group's node selection as the user wrote it: ``nodeSelector`` and required node affinity, without
-    the expressions health avoidance adds; {} when nothing narrows the nodes."""
+    the expressions health avoidance adds; {} when nothing narrows the nodes, or when the selection is not one
+    the API server would accept for a Pod (a CRD's template is not validated like one): its pods would be
+    rejected, so it pins nothing."""
     out: dict[str, Any] = {}
     selector = t.spec.get("nodeSelector")
-    if isinstance(selector, dict) and selector:
+    if selector is not None and not _strings(selector):
+        return {}
+    if selector:
         out["nodeSelector"] = selector
     cfg = t.policy.mutate.health
     avoid = [(a.key, set(a.values)) for a in cfg.avoidNodeLabels] if cfg is not None else []
     terms: list[dict[str, Any]] = []
     for term in podspec.required_node_terms(t.spec):
-        exprs = [e for e in term.get("matchExpressions") or [] if not _health(e, avoid)]
+        given = term.get("matchExpressions") or []
+        if not isinstance(given, list) or not all(_well_formed(e) for e in given):
+            return {}
+        exprs = [e for e in given if not _health(e, avoid)]
         if not exprs and not term.get("matchFields"):
             terms = []  # terms are ORed: one that asks nothing but health leaves every node
             break
@@ -101,3 +108,15 @@ def _health(expr: Any, avoid: list[tuple[str, set[str]]]) -> bool:
     return isinstance(values, list) and any(
         expr.get("key") == key and all(isinstance(v, str) and v in flagged for v in values) for key, flagged in avoid
     )
+
+
+def _strings(selector: Any) -> bool:
+    return isinstance(selector, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items())
+
+
+def _well_formed(expr: Any) -> bool:
+    """A node selector requirement of the API's shape: string key and operator, a list of string values."""
+    if not isinstance(expr, dict) or not isinstance(expr.get("key"), str) or not isinstance(expr.get("operator"), str):
+        return False
+    values = expr.get("values")
+    return values is None or (isinstance(values, list) and all(isinstance(v, str) for v in values))
