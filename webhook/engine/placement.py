@@ -95,10 +95,15 @@ def classify(nodes: Iterable[NodeInfo]) -> tuple[NodeClass, ...]:
     return classify_records(record(n) for n in nodes)
 
 
-def cordoned(records: Iterable[NodeRecord]) -> tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]:
-    """(hostname, taints) of the unschedulable nodes: left out of the classes (nothing is scheduled there),
-    but a pod naming one in ``nodeName`` still runs on it."""
-    return tuple((host, taints) for host, _labels, taints, _gpus, unschedulable in records if unschedulable)
+# (hostname, taints, shared labels) of an unschedulable node
+Cordoned = tuple[str, tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def cordoned(records: Iterable[NodeRecord]) -> tuple[Cordoned, ...]:
+    """(hostname, taints, labels) of the unschedulable nodes: left out of the classes (nothing is scheduled
+    there), but a pod naming one in ``nodeName`` still runs on it, and a node selection that allows one is not
+    a pin to the other nodes it allows (a cordon is lifted after the drain)."""
+    return tuple((host, taints, labels) for host, labels, taints, _gpus, unschedulable in records if unschedulable)
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class ClusterView:
     classes: tuple[NodeClass, ...] = ()
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str = ""  # why the view is not synced, for the warning
-    cordoned: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = ()  # unschedulable nodes' taints
+    cordoned: tuple[Cordoned, ...] = ()  # unschedulable nodes' hostnames, taints and labels
 
     @property
     def node_count(self) -> int:
@@ -118,7 +123,7 @@ class ClusterView:
     @cached_property
     def _taints_by_host(self) -> dict[str, tuple[tuple[str, str, str], ...]]:
         # built once per snapshot (the caches swap in a new view on every change), on first use
-        out = dict(self.cordoned)
+        out = {host: taints for host, taints, _labels in self.cordoned}
         out.update((host, c.taints) for c in self.classes for host in c.hostnames)
         return out
 
@@ -139,6 +144,36 @@ class ClusterView:
             self._folds[key] = tuple(NodeClass(lab, t, g, tuple(h)) for (lab, t, g), h in hosts.items())
         return self._folds[key]
 
+    @cached_property
+    def cordoned_classes(self) -> tuple[NodeClass, ...]:
+        """Each unschedulable node as a class of its own (no GPUs: nothing is scheduled there), for node
+        selections that count what a selection allows, not where pods can start now."""
+        return tuple(NodeClass(labels, taints, (), (host,)) for host, taints, labels in self.cordoned)
+
+    @cached_property
+    def every_class(self) -> tuple[NodeClass, ...]:
+        """The schedulable classes and the cordoned nodes, each cordoned node a class of its own."""
+        return (*self.classes, *self.cordoned_classes)
+
+    @cached_property
+    def by_label(self) -> dict[tuple[str, str], list[NodeClass]]:
+        """``every_class`` by each (label, value) they carry (the hostname excluded): the classes a node selection
+        that requires a label can match, looked up instead of scanned."""
+        out: dict[tuple[str, str], list[NodeClass]] = {}
+        for c in self.every_class:
+            for pair in c.labels:
+                out.setdefault(pair, []).append(c)
+        return out
+
+    @cached_property
+    def by_label_key(self) -> dict[str, list[NodeClass]]:
+        """``every_class`` by each label key they carry (for ``Exists``)."""
+        out: dict[str, list[NodeClass]] = {}
+        for c in self.every_class:
+            for key, _value in c.labels:
+                out.setdefault(key, []).append(c)
+        return out
+
     def taints_of(self, node: str) -> tuple[tuple[str, str, str], ...] | None:
         """The taints of the node named ``node``, schedulable or cordoned (by its hostname label, which the kubelet sets
         to the node name unless overridden), or None when the view does not know it."""
@@ -147,6 +182,8 @@ class ClusterView:
 
 def _expr_holds(expr: dict[str, Any], labels: dict[str, str]) -> bool:
     key, op, values = str(expr.get("key") or ""), expr.get("operator"), expr.get("values") or []
+    if not isinstance(values, list):
+        values = []  # not a list of values (a CRD's template is not validated like a Pod's): matches no value
     present = key in labels
     if op == "In":
         return present and labels[key] in values
@@ -169,15 +206,17 @@ HOSTNAME = podspec.HOSTNAME
 # Label checks (one per requirement and listed value) that counting eligible nodes may make per evaluation.
 # The node selection is the input's, the node count the cluster's: their product is not bounded by either,
 # and every call past the webhook's budget admits unchecked (fail open). Past it, a selection is no longer
-# applied node by node: the class's nodes all count (its taints and GPUs still decide). Only the choice
-# between required and preferred spreading and the gang zone use this count; no rule that denies relies on it.
+# applied node by node: the class's nodes all count (its taints and GPUs still decide). The choice between
+# required and preferred spreading and the gang zone use this count. The one rule that denies on a count
+# (single-node-pinning by a label one node carries, ``selection_hosts``) treats a refused check as unknown and
+# does not deny: past the budget, a count can only be too high, never too low.
 MAX_LABEL_CHECKS = 1_000_000
 
 
 class WorkMeter:
     """Label checks spent by one evaluation (``Context.meter``): ``spend`` refuses what would pass the limit."""
 
-    __slots__ = ("spent", "limit", "exhausted", "counted")
+    __slots__ = ("spent", "limit", "exhausted", "counted", "selections")
 
     def __init__(self, limit: int = MAX_LABEL_CHECKS) -> None:
         self.spent = 0
@@ -185,6 +224,8 @@ class WorkMeter:
         self.exhausted = False
         # eligible classes by what decides them: the groups of one workload mostly share a node selection
         self.counted: dict[str, list[tuple[NodeClass, int]]] = {}
+        # the nodes a node selection alone allows (``selection_hosts``), by selection
+        self.selections: dict[str, tuple[str, ...] | None] = {}
 
     def spend(self, checks: int) -> bool:
         if self.spent + checks > self.limit:
@@ -195,7 +236,9 @@ class WorkMeter:
 
 
 def _checks(exprs: list[dict[str, Any]]) -> int:
-    return sum(1 + len(e.get("values") or []) for e in exprs)
+    return sum(
+        1 + (len(values) if isinstance(values := e.get("values"), list) else 0) for e in exprs if isinstance(e, dict)
+    )
 
 
 def _host_requirements(term: dict[str, Any], shared: dict[str, str]) -> list[dict[str, Any]] | None:
@@ -244,23 +287,32 @@ class _Tolerations:
         )
 
 
-def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter) -> int:
-    """How many nodes of ``cls`` the pod's nodeSelector and required node affinity allow."""
+def _selected_hosts(
+    cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter
+) -> tuple[tuple[str, ...], bool]:
+    """The nodes of ``cls`` the pod's nodeSelector and required node affinity allow, and whether that is exact
+    (False: ``meter`` refused the node-by-node checks, and every node the class-wide checks let through is in)."""
     shared = dict(cls.labels)
     if any(k != HOSTNAME and shared.get(k) != v for k, v in selector.items()):
-        return 0
+        return (), True
     hosts = cls.hostnames
     if HOSTNAME in selector:  # looked up, not scanned: groups (the input's) times nodes (the cluster's)
         host = selector[HOSTNAME]
         hosts = (host,) if isinstance(host, str) and host in cls.host_set else ()
     live = [r for t in terms if (r := _host_requirements(t, shared)) is not None]
     if terms and not live:
-        return 0
+        return (), True
     if not terms or any(not r for r in live):
-        return len(hosts)  # a term that holds on the class alone: every node of it
+        return hosts, True  # a term that holds on the class alone: every node of it
     if not meter.spend(len(hosts) * sum(_checks(r) for r in live)):
-        return len(hosts)
-    return sum(1 for h in hosts if any(all(_expr_holds(e, {HOSTNAME: h}) for e in r) for r in live))
+        return hosts, False
+    return tuple(h for h in hosts if any(all(_expr_holds(e, {HOSTNAME: h}) for e in r) for r in live)), True
+
+
+def _selected(cls: NodeClass, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter) -> int:
+    """How many nodes of ``cls`` the pod's nodeSelector and required node affinity allow (past ``meter``: every
+    node the class-wide checks let through)."""
+    return len(_selected_hosts(cls, selector, terms, meter)[0])
 
 
 def eligible_classes(
@@ -327,6 +379,81 @@ def _eligible(
         if count:
             out.append((cls, count))
     return out
+
+
+def selection_hosts(view: ClusterView, spec: dict[str, Any], meter: WorkMeter, upto: int = 2) -> tuple[str, ...] | None:
+    """Up to ``upto`` hostnames of the nodes, schedulable or cordoned, whose labels the pod's node selection
+    (``nodeSelector`` and required node affinity) allows, whatever their taints and GPUs: the nodes the selection
+    alone leaves the pod. None when ``meter`` cannot pay for the checks: not known, so nothing may be denied on it.
+
+    Stops at ``upto`` (a selection that allows two nodes is not a pin, however many more it allows), so a pool
+    costs a few checks; a selection that narrows to one node is checked on every class, within ``meter``.
+    """
+    selector = spec.get("nodeSelector") or {}
+    terms = required_node_terms(spec)
+    seen = json.dumps([id(view), selector, terms, upto], sort_keys=True, default=str)
+    if seen not in meter.selections:
+        meter.selections[seen] = _selection_hosts(view, selector, terms, meter, upto)
+    return meter.selections[seen]
+
+
+def _selection_hosts(
+    view: ClusterView, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter, upto: int
+) -> tuple[str, ...] | None:
+    class_checks = 1 + len(selector) + sum(_checks(t.get("matchExpressions") or []) for t in terms)
+    found: list[str] = []
+    candidates = _candidates(view, selector, terms, meter)
+    if candidates is None:
+        return None
+    for cls in candidates:
+        if not meter.spend(class_checks):
+            return None
+        hosts, exact = _selected_hosts(cls, selector, terms, meter)
+        if not exact:
+            return None
+        found.extend(hosts[: upto - len(found)])
+        if len(found) >= upto:
+            break
+    return tuple(found)
+
+
+def _candidates(
+    view: ClusterView, selector: dict[str, Any], terms: list[dict[str, Any]], meter: WorkMeter
+) -> list[NodeClass] | tuple[NodeClass, ...] | None:
+    """The classes a node selection can match at all, by its narrowest required label: a ``nodeSelector`` pair,
+    and in every (ORed) term an ``In`` or ``Exists`` requirement. A superset of the matches, looked up in the
+    view's label index, so padding a selection with requirements that narrow nothing does not multiply the
+    cluster's size. None when ``meter`` cannot pay for merging the terms' lists."""
+    best: list[NodeClass] | tuple[NodeClass, ...] = view.every_class
+    for key, value in selector.items():
+        if key != HOSTNAME:
+            got = view.by_label.get((key, value), []) if isinstance(value, str) else []
+            if len(got) < len(best):
+                best = got
+    if not terms:
+        return best
+    merged: dict[int, NodeClass] = {}
+    for term in terms:
+        narrowest: tuple[int, list[list[NodeClass]]] | None = None
+        for e in term.get("matchExpressions") or []:
+            if not isinstance(e, dict) or not isinstance(e.get("key"), str) or e.get("key") == HOSTNAME:
+                continue
+            values = e.get("values") or []
+            if e.get("operator") == "In" and isinstance(values, list):
+                lists = [view.by_label.get((e["key"], v), []) for v in values if isinstance(v, str)]
+            elif e.get("operator") == "Exists":
+                lists = [view.by_label_key.get(e["key"], [])]
+            else:
+                continue
+            size = sum(len(x) for x in lists)
+            if narrowest is None or size < narrowest[0]:
+                narrowest = (size, lists)
+        if narrowest is None:
+            return best  # a term that may match any class: the terms narrow nothing
+        if not meter.spend(narrowest[0]):
+            return None
+        merged.update((id(c), c) for x in narrowest[1] for c in x)
+    return list(merged.values()) if len(merged) < len(best) else best
 
 
 def eligible_nodes(
