@@ -388,3 +388,38 @@ def test_groups_with_the_same_node_selection_share_one_exact_count() -> None:
     counted = [n for n in decision.notes if n.startswith("anti-affinity:")]
     assert len(counted) == 300 and all("(2500 eligible nodes for 2 pods" in n for n in counted), counted[-1]
     assert not any("node selection too large" in i for i in decision.info)
+
+
+# A loosely typed CRD template reaches the mutating webhook before any schema check: shapes the
+# PodSpec schema would refuse must still get a decision (a crash admits unchecked).
+MALFORMED_TERMS = [
+    {"matchExpressions": {"key": "x"}},
+    {"matchExpressions": "x"},
+    {
+        "matchExpressions": [
+            {
+                "key": "gke.google.com/recommended-to-run-large-training-workload",
+                "operator": "NotIn",
+                "values": [{"a": 1}],
+            }
+        ]
+    },
+]
+
+
+@pytest.mark.parametrize("term", MALFORMED_TERMS, ids=["dict", "string", "unhashable-values"])
+def test_malformed_node_selector_terms_are_decided_not_crashed(term: dict[str, Any]) -> None:
+    pod = _pod(
+        {"nvidia.com/gpu": "1"},
+        tolerations=[FOREIGN],
+        affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}},
+    )
+    ctx = Context(namespace="ml", namespace_labels={"spreadguard.io/team": "vision"})
+    decision = evaluate(pod, ctx, POLICIES)
+    assert [v.rule for v in decision.violations] == ["foreign-team-toleration"]
+    terms = decision.mutated["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    first = terms["nodeSelectorTerms"][0]
+    if isinstance(term["matchExpressions"], list):  # the user's expression kept, spreadguard's added after it
+        assert first["matchExpressions"][0] == term["matchExpressions"][0] and len(first["matchExpressions"]) == 2
+    else:  # nothing can be added safely to a malformed term: left as written
+        assert first == term

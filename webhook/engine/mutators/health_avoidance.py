@@ -16,9 +16,15 @@ def _has(term: dict[str, Any], key: str, values: list[str]) -> bool:
         isinstance(e, dict)
         and e.get("key") == key
         and e.get("operator") == "NotIn"
-        and set(values) <= set(e.get("values") or [])
+        and isinstance(e.get("values") or [], list)
+        and set(values) <= {v for v in e.get("values") or [] if isinstance(v, str)}
         for e in term.get("matchExpressions") or []
     )
+
+
+def _well_formed(terms: list[dict[str, Any]]) -> bool:
+    """Every term's ``matchExpressions`` is absent or a list (a loosely typed CRD can carry anything)."""
+    return all(isinstance(term.get("matchExpressions"), list | None) for term in terms)
 
 
 def mutate(t: Target) -> str | None:
@@ -26,6 +32,8 @@ def mutate(t: Target) -> str | None:
     if cfg is None or not cfg.avoidNodeLabels or not t.gpu:
         return None
     terms = podspec.required_node_terms(t.spec)
+    if not _well_formed(terms):
+        return None  # nothing can be added safely; the API server's schema refuses such a template
     added = []
     for avoid in cfg.avoidNodeLabels:
         if terms and all(_has(term, avoid.key, avoid.values) for term in terms):
