@@ -412,7 +412,8 @@ def _exemption(
             + (f" (reason: {req.reason})" if req.reason else "")
         )
         stamp = None
-        if verdict.stamp and not exemptions.deployment_replicaset(obj, workload.kind):
+        # a per-node kind's pods are never judged: nothing to pass on (exemption-inheritance does not run on it)
+        if verdict.stamp and not workload.kind.per_node and not exemptions.deployment_replicaset(obj, workload.kind):
             name = str((obj.get("metadata") or {}).get("name") or "")
             if ctx.grant_key and name:
                 grant = grants.sign(
