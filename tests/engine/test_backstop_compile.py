@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from webhook.engine.backstop import compilable, compile_policies, glob_regex
+from webhook.engine.backstop import DAEMONSETS, compilable, compile_policies, glob_regex
 from webhook.engine.policy import Policy
 
 celpy = pytest.importorskip("celpy", reason="cel-python is not installed")
@@ -42,6 +42,26 @@ def condition(vap: dict, name: str, namespace: str, labels: dict | None = None) 
 )
 def test_only_policies_for_every_pod_compile(match: dict, compiles: bool) -> None:
     assert bool(compilable(policy(match={"any": [match]}))) is compiles
+
+
+@pytest.mark.parametrize(
+    ("match", "compiles"),
+    [
+        ({"kinds": ["*"]}, True),
+        ({"kinds": ["DaemonSet"]}, True),
+        ({"kinds": ["apps/DaemonSet"]}, True),
+        ({"kinds": ["Pod"]}, False),  # pods only: the DaemonSet policy is not made
+        ({"kinds": ["*"], "gpu": True}, False),
+        ({"kinds": ["*"], "workloadClass": "training"}, False),  # a DaemonSet's label chooses its class
+        ({"kinds": ["*"], "labelSelector": {"matchLabels": {"a": "b"}}}, False),
+    ],
+    ids=["all", "daemonsets", "group-kind", "pods-only", "gpu-only", "training", "labelled"],
+)
+def test_only_policies_for_every_daemonset_compile_for_daemonsets(match: dict, compiles: bool) -> None:
+    p = policy(match={"any": [match]})
+    assert bool(compilable(p, DAEMONSETS)) is compiles
+    names = [o["metadata"]["name"] for o in compile_policies([p])]
+    assert ("spreadguard-iso-daemonsets" in names) is compiles
 
 
 def test_rules_off_or_warn_are_left_out() -> None:

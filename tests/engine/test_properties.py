@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from webhook.engine.cases import case_context, load_resource
 from webhook.engine.decide import Decision, evaluate
+from webhook.engine.ids import ISOLATION_RULE_IDS
 from webhook.engine.policy import load_policies
 from webhook.engine.target import Context
 
@@ -35,6 +36,7 @@ BUILTIN = {
     ("apps/v1", "Deployment"),
     ("apps/v1", "StatefulSet"),
     ("apps/v1", "ReplicaSet"),
+    ("apps/v1", "DaemonSet"),
     ("batch/v1", "Job"),
     ("batch/v1", "CronJob"),
 }
@@ -292,7 +294,7 @@ class Generated:
 
     @property
     def template_path(self) -> tuple:
-        if self.kind == "Deployment":
+        if self.kind in ("Deployment", "DaemonSet"):
             return ("spec", "template")
         return ("spec", "pytorchReplicaSpecs", "Worker", "template")
 
@@ -380,7 +382,7 @@ TOLERATIONS = [
 
 @st.composite
 def workloads(draw: st.DrawFn) -> Generated:
-    kind = draw(st.sampled_from(["Deployment", "PyTorchJob"]))
+    kind = draw(st.sampled_from(["Deployment", "PyTorchJob", "DaemonSet"]))
     replicas = draw(st.integers(1, 8))
     gpu = draw(st.booleans())
     team = draw(st.booleans())
@@ -390,7 +392,7 @@ def workloads(draw: st.DrawFn) -> Generated:
 
     template_labels = dict(extra)
     object_labels = {"app.kubernetes.io/name": NAME}
-    if kind == "Deployment":
+    if kind in ("Deployment", "DaemonSet"):
         template_labels["app"] = NAME
     if team:
         template_labels[TEAM_KEY] = TEAM
@@ -398,7 +400,7 @@ def workloads(draw: st.DrawFn) -> Generated:
         template_labels[WORKLOAD_KEY] = workload
     if workload and workload_on in ("object", "both"):
         object_labels[WORKLOAD_KEY] = workload
-    own = {"app": NAME} if kind == "Deployment" else {PT_JOB: NAME, PT_TYPE: "worker"}
+    own = {"app": NAME} if kind in ("Deployment", "DaemonSet") else {PT_JOB: NAME, PT_TYPE: "worker"}
     pod_labels = {**template_labels, **own}
 
     term = _pod_affinity_term(own, team)
@@ -479,6 +481,13 @@ def workloads(draw: st.DrawFn) -> Generated:
             "metadata": {"name": NAME, "namespace": "ml", "labels": object_labels},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": NAME}}, "template": template},
         }
+    elif kind == "DaemonSet":  # one pod per node: no replica count
+        obj = {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": NAME, "namespace": "ml", "labels": object_labels},
+            "spec": {"selector": {"matchLabels": {"app": NAME}}, "template": template},
+        }
     else:
         specs: dict[str, Any] = {"Worker": {"replicas": replicas, "restartPolicy": "OnFailure", "template": template}}
         if draw(st.booleans()):
@@ -496,7 +505,7 @@ def workloads(draw: st.DrawFn) -> Generated:
             "metadata": {"name": NAME, "namespace": "ml", "labels": object_labels},
             "spec": {"pytorchReplicaSpecs": specs},
         }
-    default_class = "serving" if kind == "Deployment" else "training"
+    default_class = "training" if kind == "PyTorchJob" else "serving"
     return Generated(obj, kind, replicas, pod_labels, workload or default_class, gpu)
 
 
@@ -575,8 +584,9 @@ def test_generated_workloads(g: Generated) -> None:
     if mine is not None:
         assert not only_adds_problems(mine, _at(after["spec"], NODE_TERMS)), "node selector terms were rewritten"
 
-    # which default policy applies: training CRDs always; built-in kinds when they request GPUs or say their class
-    expected_match = (
+    # which default policy applies: training CRDs always; built-in kinds when they request GPUs or say their class;
+    # never a DaemonSet (per node by design: isolation only, whatever it requests or says its class is)
+    expected_match = g.kind != "DaemonSet" and (
         g.kind == "PyTorchJob"
         or g.gpu
         or WORKLOAD_KEY in {**g.obj["metadata"]["labels"], **before["metadata"]["labels"]}
@@ -587,6 +597,10 @@ def test_generated_workloads(g: Generated) -> None:
     assert bool(spreading) == expected_match, f"policies matched: {decision.policies}"
     if not spreading:
         assert all("/tolerations" in op["path"] for op in decision.patch), "isolation alone changed placement"
+        if g.kind == "DaemonSet":
+            judged = {v.rule for v in decision.violations + decision.advisories}
+            assert judged <= set(ISOLATION_RULE_IDS), f"a DaemonSet judged by {judged}"  # never by spreading rules
+            assert k8s_errors(decision.mutated) is None, k8s_errors(decision.mutated)
         return
     assert spreading == [g.workload_class]
 

@@ -3,8 +3,11 @@ was admitted before; now /validate refuses it with the rule that says why."""
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
+import jsonpatch
 import pytest
 from conftest import Server, admission_review
 
@@ -52,6 +55,39 @@ def test_daemonset_pod_from_the_daemonset_controller_is_left_alone(server: Serve
     )
     resp = server.post("/validate", review).json()["response"]
     assert resp["allowed"] is True
+
+
+def _daemonset(tolerations: list[dict]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": "ml"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "agent", "spreadguard.io/team": "vision"}},
+                "spec": {"tolerations": tolerations, "containers": [{"name": "a", "image": "busybox:1.36"}]},
+            },
+        },
+    }
+
+
+def test_a_daemonset_tolerating_every_taint_is_refused(server: Server) -> None:
+    """The red team's bypass: the DaemonSet's pods come from the trusted DaemonSet controller (test above), so the
+    DaemonSet itself is judged, by the isolation rules."""
+    review = admission_review(_daemonset([{"operator": "Exists"}]), "i-ds", user="mallory")
+    resp = server.post("/validate", review).json()["response"]
+    assert resp["allowed"] is False
+    assert "[wildcard-toleration] spec.template.spec.tolerations[0]" in resp["status"]["message"]
+
+
+def test_a_daemonset_of_its_own_team_gets_its_toleration_and_nothing_else(server: Server) -> None:
+    ds = _daemonset([])
+    resp = server.post("/mutate", admission_review(ds, "i-ds-own", user="alice")).json()["response"]
+    assert resp["allowed"] is True
+    patched = jsonpatch.apply_patch(ds, json.loads(base64.b64decode(resp["patch"])))
+    template = ds["spec"]["template"]
+    assert patched["spec"]["template"] == {**template, "spec": {**template["spec"], "tolerations": [OWN]}}
 
 
 def test_a_toleration_added_to_an_existing_pod_is_judged(server: Server) -> None:

@@ -69,7 +69,8 @@ COMPILE_HEADER = (
 
 
 def compile_text(directory: str, policies: list[Any]) -> str:
-    """The YAML ``policies compile`` writes: a ValidatingAdmissionPolicy and binding per isolating policy."""
+    """The YAML ``policies compile`` writes: a ValidatingAdmissionPolicy and binding per isolating policy, for
+    Pods and for DaemonSets."""
     import yaml
 
     from webhook.engine.backstop import compile_policies

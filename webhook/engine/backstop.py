@@ -8,6 +8,11 @@ policy that applies to every Pod: ``team-label-claim`` (on CREATE), ``foreign-te
 adds), with the namespace's team from ``namespaceObject`` (its ``spreadguard.io/team`` label) or the
 policy's ``namespaceTeams``. ``node-name-taint`` needs the node's taints: webhook only.
 
+DaemonSets get a policy of their own (``spreadguard-<policy>-daemonsets``, from each policy that applies to
+every DaemonSet): the Pod policy skips their pods (the DaemonSet controller is trusted per node), so the same
+rules judge ``spec.template``, as the webhook does: on CREATE, and on an UPDATE that changes the template
+(every toleration of it then, as the webhook judges a changed template whole).
+
 Exemptions: the backstop cannot check a signed grant, so it honours an exemption from an isolation rule
 only when the request's own user may grant it (``exemptions.allowedUsers``/``allowedGroups``). Pods a
 controller makes from an approved workload keep isolation exemptions only in a namespace the platform
@@ -19,6 +24,7 @@ Pure: policies in, Kubernetes objects (dicts) out; ``spreadguard policies compil
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.engine.policy import MODE_LABEL, MODE_STRICTNESS, Policy, Selector
@@ -56,6 +62,56 @@ MATCH_CONDITIONS = [
 ]
 
 
+# A DaemonSet UPDATE that leaves the template alone changes no pod: the webhook does not judge it either.
+TEMPLATE_CHANGED = {
+    "name": "daemonset-update-changes-template",
+    "expression": "request.operation != 'UPDATE' || object.spec.template != oldObject.spec.template",
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one ValidatingAdmissionPolicy judges: Pods, or the pod template of DaemonSets."""
+
+    suffix: str  # appended to ``spreadguard-<policy>``
+    group: str  # API group of the resource
+    resource: str
+    kinds: tuple[str, ...]  # selector ``kinds`` entries that cover every object of it
+    classes: tuple[str, ...]  # selector ``workloadClass`` values that still cover every object of it
+    spec: str  # CEL path of the pod spec
+    template_meta: str  # CEL path of the pod template's metadata ("" for a Pod: its own metadata)
+    path: str  # field path of the pod spec, as messages say it
+    who: str  # "the pod tolerates", "the DaemonSet's pods tolerate"
+    conditions: tuple[dict[str, str], ...]
+
+
+PODS = Subject(
+    "",
+    "",
+    "pods",
+    ("*", "Pod", "core/Pod"),
+    ("any", "training"),
+    "object.spec",
+    "",
+    "spec",
+    "the pod tolerates",
+    tuple(MATCH_CONDITIONS),
+)
+DAEMONSETS = Subject(
+    "-daemonsets",
+    "apps",
+    "daemonsets",
+    ("*", "DaemonSet", "apps/DaemonSet"),
+    ("any",),
+    "object.spec.template.spec",
+    "object.spec.template.metadata",
+    "spec.template.spec",
+    "the DaemonSet's pods tolerate",
+    (MATCH_CONDITIONS[0], TEMPLATE_CHANGED),
+)
+SUBJECTS = (PODS, DAEMONSETS)
+
+
 def cel_string(value: str) -> str:
     """A CEL string literal (JSON escaping is valid CEL)."""
     return json.dumps(value)
@@ -86,22 +142,22 @@ def _any_glob(subject: str, globs: list[str]) -> str:
     return "(" + " || ".join(f"{subject}.matches({cel_string(glob_regex(g))})" for g in globs) + ")"
 
 
-def _covers_every_pod(sel: Selector) -> bool:
-    kinds_ok = any(k in ("*", "Pod", "core/Pod") for k in sel.kinds)
+def _covers_every(sel: Selector, subject: Subject) -> bool:
+    kinds_ok = any(k in subject.kinds for k in sel.kinds)
     return (
         kinds_ok
         and sel.labelSelector is None
         and sel.gpu is None
         and sel.minGroupSize == 0
-        and sel.workloadClass in ("any", "training")
+        and sel.workloadClass in subject.classes
     )
 
 
-def compilable(policy: Policy) -> list[str]:
-    """The isolation rules of ``policy`` the backstop enforces, or [] when the policy is not for every Pod
-    (a selector narrowed by labels, GPUs or size, or an exclude list) or denies none of them."""
+def compilable(policy: Policy, subject: Subject = PODS) -> list[str]:
+    """The isolation rules of ``policy`` the backstop enforces on ``subject``, or [] when the policy is not for
+    every one of them (a selector narrowed by labels, GPUs or size, or an exclude list) or denies none."""
     spec = policy.spec
-    if spec.exclude.any or not any(_covers_every_pod(s) for s in spec.match.any):
+    if spec.exclude.any or not any(_covers_every(s, subject) for s in spec.match.any):
         return []
     out = []
     for rule_id in COMPILED_RULES:
@@ -112,15 +168,20 @@ def compilable(policy: Policy) -> list[str]:
     return out
 
 
-def _namespaces(policy: Policy) -> list[str]:
+def _namespaces(policy: Policy, subject: Subject) -> list[str]:
     globs: list[str] = []
     for sel in policy.spec.match.any:
-        if _covers_every_pod(sel):
+        if _covers_every(sel, subject):
             globs.extend(sel.namespaces)
     return globs
 
 
-def _variables(policy: Policy) -> list[dict[str, str]]:
+def _team_label(meta: str) -> str:
+    label = cel_string(TEAM_LABEL)
+    return f"has({meta}.labels) && {label} in {meta}.labels ? {meta}.labels[{label}] : ''"
+
+
+def _variables(policy: Policy, subject: Subject) -> list[dict[str, str]]:
     spec = policy.spec
     team = spec.mutate.teamTolerations
     ns_teams = team.namespaceTeams if team else {}
@@ -141,34 +202,56 @@ def _variables(policy: Policy) -> list[dict[str, str]]:
         if exempt.requireReason
         else ""
     )
+    pod = subject.spec
+    if subject.template_meta:  # a workload: a changed template is judged whole (matchConditions), as the webhook does
+        tolerations = [
+            {"name": "tolerations", "expression": f"has({pod}.tolerations) ? {pod}.tolerations : []"},
+            {"name": "added", "expression": "variables.tolerations"},
+        ]
+        teams = [
+            {"name": "objectTeam", "expression": _team_label("object.metadata")},
+            {"name": "podTeam", "expression": _team_label(subject.template_meta)},
+            {
+                "name": "team",
+                "expression": "variables.namespaceTeam != '' ? variables.namespaceTeam : "
+                "(variables.podTeam != '' ? variables.podTeam : variables.objectTeam)",
+            },
+        ]
+    else:
+        tolerations = [
+            {"name": "tolerations", "expression": "has(object.spec.tolerations) ? object.spec.tolerations : []"},
+            {
+                "name": "oldTolerations",
+                "expression": "request.operation == 'UPDATE' && has(oldObject.spec.tolerations) ? "
+                "oldObject.spec.tolerations : []",
+            },
+            # the tolerations this request adds: all of them on CREATE
+            {"name": "added", "expression": "variables.tolerations.filter(t, !(t in variables.oldTolerations))"},
+        ]
+        teams = [
+            {
+                "name": "podTeam",
+                "expression": f"has(object.metadata.labels) && {label} in object.metadata.labels ? "
+                f"object.metadata.labels[{label}] : ''",
+            },
+            {
+                "name": "team",
+                "expression": "variables.namespaceTeam != '' ? variables.namespaceTeam : variables.podTeam",
+            },
+        ]
     return [
-        {"name": "tolerations", "expression": "has(object.spec.tolerations) ? object.spec.tolerations : []"},
-        {
-            "name": "oldTolerations",
-            "expression": "request.operation == 'UPDATE' && has(oldObject.spec.tolerations) ? "
-            "oldObject.spec.tolerations : []",
-        },
-        # the tolerations this request adds: all of them on CREATE
-        {"name": "added", "expression": "variables.tolerations.filter(t, !(t in variables.oldTolerations))"},
+        *tolerations,
         {
             "name": "namespaceTeam",
             "expression": f"namespaceObject.metadata.name in {ns_map} ? {ns_map}[namespaceObject.metadata.name] : "
             f"(has(namespaceObject.metadata.labels) && {label} in namespaceObject.metadata.labels ? "
             f"namespaceObject.metadata.labels[{label}] : '')",
         },
-        {
-            "name": "podTeam",
-            "expression": f"has(object.metadata.labels) && {label} in object.metadata.labels ? "
-            f"object.metadata.labels[{label}] : ''",
-        },
-        {
-            "name": "team",
-            "expression": "variables.namespaceTeam != '' ? variables.namespaceTeam : variables.podTeam",
-        },
+        *teams,
         {
             "name": "mayBorrow",
-            "expression": "has(object.spec.priorityClassName) && "
-            f"object.spec.priorityClassName in {_cel_list(borrow_classes)} && "
+            "expression": f"has({pod}.priorityClassName) && "
+            f"{pod}.priorityClassName in {_cel_list(borrow_classes)} && "
             + _any_glob("namespaceObject.metadata.name", borrow_ns),
         },
         {
@@ -187,7 +270,34 @@ def _exempt(rule_id: str) -> str:
     return f"variables.exemptIds.matches({cel_string(f'(^|,)[ ]*{rule_id}[ ]*(,|$)')})"
 
 
-def _validations(policy: Policy, rules: list[str]) -> list[dict[str, str]]:
+def _label_claim(subject: Subject, where: str, exempt: str) -> dict[str, str]:
+    """team-label-claim: a Pod's own label on CREATE; a DaemonSet's label and its template's (the match conditions
+    let through only a CREATE or an UPDATE that changes the template)."""
+    tail = (
+        "' but namespace ' + namespaceObject.metadata.name + ' belongs to team ' + variables.namespaceTeam + "
+        f"'. Fix: remove the label {where}'"
+    )
+    if not subject.template_meta:
+        return {
+            "expression": f"request.operation != 'CREATE' || {exempt} || "
+            "variables.namespaceTeam == '' || variables.podTeam == '' || "
+            "variables.podTeam == variables.namespaceTeam",
+            "messageExpression": "'[team-label-claim] metadata.labels[spreadguard.io/team]: labelled team ' + "
+            f"variables.podTeam + {tail}",
+            "reason": "Forbidden",
+        }
+    template = subject.template_meta.removeprefix("object.")
+    return {
+        "expression": f"{exempt} || variables.namespaceTeam == '' || "
+        "[variables.objectTeam, variables.podTeam].all(c, c == '' || c == variables.namespaceTeam)",
+        "messageExpression": "'[team-label-claim] ' + (variables.podTeam != '' && variables.podTeam != "
+        f"variables.namespaceTeam ? '{template}.labels[spreadguard.io/team]: labelled team ' + variables.podTeam : "
+        f"'metadata.labels[spreadguard.io/team]: labelled team ' + variables.objectTeam) + {tail}",
+        "reason": "Forbidden",
+    }
+
+
+def _validations(policy: Policy, rules: list[str], subject: Subject = PODS) -> list[dict[str, str]]:
     spec = policy.spec
     team = spec.mutate.teamTolerations
     key = cel_string(team.taintKey if team else foreign_team_toleration.DEFAULT_TAINT_KEY)
@@ -195,25 +305,16 @@ def _validations(policy: Policy, rules: list[str]) -> list[dict[str, str]]:
     avoid = health.avoidTaints if health else []
     out: list[dict[str, str]] = []
     where = f"(spreadguard policy {policy.name}, enforced by the API server)"
+    path, who = subject.path, subject.who
     if "team-label-claim" in rules:
-        out.append(
-            {
-                "expression": f"request.operation != 'CREATE' || {_exempt('team-label-claim')} || "
-                "variables.namespaceTeam == '' || variables.podTeam == '' || "
-                "variables.podTeam == variables.namespaceTeam",
-                "messageExpression": "'[team-label-claim] metadata.labels[spreadguard.io/team]: labelled team ' + "
-                "variables.podTeam + ' but namespace ' + namespaceObject.metadata.name + ' belongs to team ' + "
-                f"variables.namespaceTeam + '. Fix: remove the label {where}'",
-                "reason": "Forbidden",
-            }
-        )
+        out.append(_label_claim(subject, where, _exempt("team-label-claim")))
     if "foreign-team-toleration" in rules:
         out.append(
             {
                 "expression": f"{_exempt('foreign-team-toleration')} || variables.added.all(t, !has(t.key) || "
                 f"t.key != {key} || (has(t.operator) && t.operator == 'Exists' ? variables.mayBorrow : "
                 "(has(t.value) ? t.value : '') == variables.team))",
-                "message": "[foreign-team-toleration] spec.tolerations: the pod tolerates another team's taint "
+                "message": f"[foreign-team-toleration] {path}.tolerations: {who} another team's taint "
                 f"({team.taintKey if team else foreign_team_toleration.DEFAULT_TAINT_KEY}): it would take nodes "
                 f"reserved for another team. Fix: remove it; spreadguard adds your own team's toleration {where}",
                 "reason": "Forbidden",
@@ -224,7 +325,7 @@ def _validations(policy: Policy, rules: list[str]) -> list[dict[str, str]]:
             {
                 "expression": f"{_exempt(wildcard_toleration.ID)} || variables.added.all(t, "
                 "(has(t.key) && t.key != '') || !has(t.operator) || t.operator != 'Exists')",
-                "message": "[wildcard-toleration] spec.tolerations: the pod tolerates every taint (operator: Exists "
+                "message": f"[wildcard-toleration] {path}.tolerations: {who} every taint (operator: Exists "
                 "with no key): it would land on nodes GPU health checks tainted and on every team's reserved "
                 f"nodes. Fix: tolerate the specific taint keys you need {where}",
                 "reason": "Forbidden",
@@ -235,7 +336,7 @@ def _validations(policy: Policy, rules: list[str]) -> list[dict[str, str]]:
             {
                 "expression": f"{_exempt('health-taint-toleration')} || variables.added.all(t, !has(t.key) || "
                 f"!(t.key in {_cel_list(avoid)}))",
-                "message": "[health-taint-toleration] spec.tolerations: the pod tolerates a taint GPU health checks "
+                "message": f"[health-taint-toleration] {path}.tolerations: {who} a taint GPU health checks "
                 f"put on failing nodes ({', '.join(avoid)}). Fix: remove this toleration {where}",
                 "reason": "Forbidden",
             }
@@ -272,15 +373,23 @@ ACTIONS = {"enforce": ["Deny"], "warn": ["Warn", "Audit"], "dryrun": ["Audit"]}
 
 
 def compile_policies(policies: list[Policy]) -> list[dict[str, Any]]:
-    """A ValidatingAdmissionPolicy and its binding per policy that isolates every Pod, in name order."""
+    """A ValidatingAdmissionPolicy and its binding per policy that isolates every Pod, then per policy that
+    isolates every DaemonSet, in policy name order."""
     out: list[dict[str, Any]] = []
     for policy in sorted(policies, key=lambda p: p.name):
-        rules = compilable(policy)
-        if not rules:
-            continue
-        name = f"spreadguard-{policy.name}"
-        namespaces = _namespaces(policy)
-        conditions = [dict(c) for c in MATCH_CONDITIONS]
+        for subject in SUBJECTS:
+            out.extend(_compile(policy, subject))
+    return out
+
+
+def _compile(policy: Policy, subject: Subject) -> list[dict[str, Any]]:
+    """The ValidatingAdmissionPolicy and binding of ``policy`` for ``subject``; [] when nothing compiles."""
+    out: list[dict[str, Any]] = []
+    rules = compilable(policy, subject)
+    if rules:
+        name = f"spreadguard-{policy.name}{subject.suffix}"
+        namespaces = _namespaces(policy, subject)
+        conditions = [dict(c) for c in subject.conditions]
         if "*" not in namespaces:
             conditions.append(
                 {"name": "policy-namespaces", "expression": _any_glob("namespaceObject.metadata.name", namespaces)}
@@ -303,9 +412,9 @@ def compile_policies(policies: list[Policy]) -> list[dict[str, Any]]:
                     "matchConstraints": {
                         "resourceRules": [
                             {
-                                "apiGroups": [""],
+                                "apiGroups": [subject.group],
                                 "apiVersions": ["v1"],
-                                "resources": ["pods"],
+                                "resources": [subject.resource],
                                 "operations": ["CREATE", "UPDATE"],
                                 "scope": "Namespaced",
                             }
@@ -322,8 +431,8 @@ def compile_policies(policies: list[Policy]) -> list[dict[str, Any]]:
                         },
                     },
                     "matchConditions": conditions,
-                    "variables": _variables(policy),
-                    "validations": _validations(policy, rules),
+                    "variables": _variables(policy, subject),
+                    "validations": _validations(policy, rules, subject),
                 },
             }
         )

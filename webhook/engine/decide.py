@@ -31,6 +31,12 @@ from webhook.engine.workloads import Group, Kind, Path
 __all__ = ["Context", "Decision", "Violation", "evaluate"]
 
 ACTING_OPERATIONS = ("CREATE", "UPDATE")
+# A per-node kind (``Kind.per_node``: DaemonSet) runs one pod on every node its template lets it use, by design:
+# nothing spreads, compacts or adds a failure policy to it. Judged: what decides which nodes it may use (team
+# isolation); added: its own team's toleration, so it can run on its team's nodes as every other pod of the
+# namespace can (it only ever widens it to nodes the namespace's team owns).
+PER_NODE_RULES = frozenset(ISOLATION_RULE_IDS)
+PER_NODE_MUTATORS = frozenset({"team-tolerations"})
 
 
 @dataclass(frozen=True)
@@ -149,10 +155,13 @@ SCHEDULING_DIRECTIVES = {
 
 def update_scope(kind: Kind, obj: dict[str, Any], ctx: Context) -> frozenset[str] | None:
     """The mutator ids allowed to run on this request; None: all (a CREATE, or templates are mutable).
+    A per-node kind (DaemonSet) only ever gets ``PER_NODE_MUTATORS``.
 
     A Job's template and podFailurePolicy are immutable; while Kueue holds a Job suspended it may
     change the scheduling directives, and so may spreadguard (team tolerations, health avoidance).
     """
+    if kind.per_node:
+        return PER_NODE_MUTATORS  # templates are mutable (UPDATE_TEMPLATE): the same on CREATE and UPDATE
     if ctx.operation != "UPDATE" or kind.update == workloads.UPDATE_TEMPLATE:
         return None
     old = ctx.old_object or {}
@@ -247,8 +256,11 @@ def _jsonpatch(before: Any, after: Any, pointer: str) -> list[dict[str, Any]]:
 
 
 def _classes(workload: Workload, policy: Policy, info: list[str] | None = None) -> dict[Path, str]:
-    """Each group's placement class under ``policy`` (label and overrides applied)."""
-    out = {}
+    """Each group's placement class under ``policy`` (label and overrides applied); none for a per-node kind,
+    which is never placed by class (a placement label on it is not read)."""
+    out: dict[Path, str] = {}
+    if workload.kind.per_node:
+        return out
     for m in workload.groups:
         cls, note = classes.resolve(m.group, workload.obj, m.template, workload.kind, policy.spec)
         out[m.group.path] = cls
@@ -319,7 +331,8 @@ def _judged(
     scratch = _working_copy(mutated)
     changed = {g.path for g in touched}
     untouched = [m.group for m in workload.groups if m.group.path not in changed]
-    _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), None, [])
+    scope = PER_NODE_MUTATORS if workload.kind.per_node else None
+    _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), scope, [])
     return _targets(scratch, workload, None, facts, policy, ctx, exempt, placement)
 
 
@@ -345,12 +358,13 @@ def _action(policy: Policy, rule_id: str, default: str) -> str:
     return cfg.action if cfg else default
 
 
-def _check(targets: list[Target], policy: Policy) -> list[tuple[str, str, Target, Finding]]:
-    """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped."""
+def _check(targets: list[Target], policy: Policy, kind: Kind) -> list[tuple[str, str, Target, Finding]]:
+    """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped, and on a
+    per-node kind every rule but the isolation rules."""
     out: list[tuple[str, str, Target, Finding]] = []
     for rule_id, rule in RULES.items():
         action = _action(policy, rule_id, rule.DEFAULT_ACTION)
-        if action == "off":
+        if action == "off" or (kind.per_node and rule_id not in PER_NODE_RULES):
             continue
         for t in targets:
             if rule_id not in t.exempt:
@@ -398,7 +412,8 @@ def _exemption(
             + (f" (reason: {req.reason})" if req.reason else "")
         )
         stamp = None
-        if verdict.stamp and not exemptions.deployment_replicaset(obj, workload.kind):
+        # a per-node kind's pods are never judged: nothing to pass on (exemption-inheritance does not run on it)
+        if verdict.stamp and not workload.kind.per_node and not exemptions.deployment_replicaset(obj, workload.kind):
             name = str((obj.get("metadata") or {}).get("name") or "")
             if ctx.grant_key and name:
                 grant = grants.sign(
@@ -471,7 +486,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
             placement_owners |= {t.placement_owner for t in targets if t.placement_owner}
             decision.notes.extend(_mutate(targets, scope, decision.info))
         for rule_id, action, target, f in _check(
-            _judged(mutated, workload, touched, facts, policy, ctx, exempt, placement), policy
+            _judged(mutated, workload, touched, facts, policy, ctx, exempt, placement), policy, workload.kind
         ):
             if added is None:
                 denies = mode == "enforce" and action == "deny" and target.group.path in judged

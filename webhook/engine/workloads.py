@@ -59,7 +59,7 @@ class TemplateSet:
     """
 
     each: Callable[[dict[str, Any]], Iterator[tuple[str, Path, dict[str, Any]]]]
-    replicas: Callable[[dict[str, Any], dict[str, Any]], int]
+    replicas: Callable[[dict[str, Any], dict[str, Any]], int | None]  # None: not knowable at admission
     selector: Callable[[dict[str, Any], str, dict[str, Any]], dict[str, Any]]
     add_group_label: bool = False  # pod names unknown at admission: spreadguard labels the group
     role: Callable[[str], str] = lambda name: ""
@@ -92,6 +92,10 @@ class Kind:
     plural: str = ""  # REST resource name: what the API path, RBAC and kubectl call it
     versions: tuple[str, ...] = ("v1",)  # versions spreadguard reads, preferred first
     depth: int = 0  # controllers that can sit above it (Deployment 0 > ReplicaSet 1 > Pod 3): owners list first
+    # one pod on every node its template lets it use, by design (DaemonSet): never spread, compacted or given a
+    # failure policy; only what decides which nodes it may use is judged (decide.PER_NODE_RULES) and added
+    # (decide.PER_NODE_MUTATORS: its own team's toleration)
+    per_node: bool = False
 
     @property
     def resource(self) -> str:
@@ -377,6 +381,22 @@ _KINDS: list[Kind] = [
     Kind("apps", "Deployment", "serving", (_DEPLOYMENT,), plural="deployments", revision_label="pod-template-hash"),
     Kind("apps", "StatefulSet", "serving", (_DEPLOYMENT_LIKE,), plural="statefulsets", depth=1),
     Kind("apps", "ReplicaSet", "serving", (_DEPLOYMENT_LIKE,), plural="replicasets", depth=1),
+    # one pod per node (how many: the nodes its template tolerates, unknown at admission); its pods come from the
+    # DaemonSet controller, which the Pod hooks trust as a per-node owner: the template is judged here instead
+    Kind(
+        "apps",
+        "DaemonSet",
+        "serving",
+        (
+            TemplateSet(
+                each=_single(("spec", "template")),
+                replicas=lambda _o, _n: None,
+                selector=_match(_selector_labels),
+            ),
+        ),
+        plural="daemonsets",
+        per_node=True,
+    ),
     Kind(
         "batch",
         "Job",
@@ -691,7 +711,7 @@ def groups_of(obj: dict[str, Any], per_node_trusted: bool = True) -> list[Group]
                     gang_selector={"matchLabels": tset.gang(obj)} if tset.gang else {},
                     placement=tset.placement(obj, name, node),
                     gang_keys=tset.gang_keys,
-                    surge=tset.surge(obj, replicas),
+                    surge=tset.surge(obj, replicas) if replicas is not None else 0,
                 )
             )
     return out

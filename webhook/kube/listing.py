@@ -54,6 +54,7 @@ _SNAKE = {
     "Deployment": "deployment",
     "StatefulSet": "stateful_set",
     "ReplicaSet": "replica_set",
+    "DaemonSet": "daemon_set",
     "Job": "job",
     "CronJob": "cron_job",
     "PodDisruptionBudget": "pod_disruption_budget",
