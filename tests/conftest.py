@@ -141,6 +141,30 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
         process.wait(timeout=timeout)
 
 
+def serve_once(tls: TLSFiles, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``spreadguard serve`` with the default policies, ``tls`` and a free port plus ``extra`` flags, run to
+    its end as a user would (for flags it must refuse at start: exit code and stderr to check)."""
+    return subprocess.run(
+        spreadguard(
+            "serve",
+            "--policies",
+            str(POLICIES_DIR),
+            "--tls-cert",
+            str(tls.cert),
+            "--tls-key",
+            str(tls.key),
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            *extra,
+        ),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_server(tls: TLSFiles, policies: Path, log: Path, *extra: str) -> Server:
     """Start ``spreadguard serve`` on a free port and wait until ``/readyz`` answers 200 (or fail)."""
     last = ""

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import POLICIES_DIR, REPO, TLSFiles, admission_review, spreadguard, subprocess_env
+from conftest import POLICIES_DIR, TLSFiles, admission_review, serve_once
 
 WILDCARD_JOB = {
     "apiVersion": "batch/v1",
@@ -80,25 +79,6 @@ def test_grants_through_the_server(tls_files: TLSFiles, tmp_path: Path, dedicate
 def test_a_short_grant_key_is_refused_at_start(tls_files: TLSFiles, tmp_path: Path) -> None:
     key = tmp_path / "grant.key"
     key.write_text("too-short\n")
-    done = subprocess.run(
-        spreadguard(
-            "serve",
-            "--policies",
-            str(POLICIES_DIR),
-            "--tls-cert",
-            str(tls_files.cert),
-            "--tls-key",
-            str(tls_files.key),
-            "--cluster-cache",
-            "off",
-            "--grant-key",
-            str(key),
-        ),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_once(tls_files, "--cluster-cache", "off", "--grant-key", str(key))
     assert done.returncode == 2
     assert f"--grant-key {key}: the key has 9 bytes; at least 32 are needed" in done.stderr

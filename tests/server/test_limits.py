@@ -200,28 +200,7 @@ def test_large_bodies_wait_their_turn_then_fail_open_as_busy(monkeypatch: pytest
     [("--budget", "-1", "--budget"), ("--budget", "nan", "--budget"), ("--max-connections", "4", "--max-connections")],
 )
 def test_bad_limits_are_refused_at_start(tls_files: Any, flag: str, value: str, words: str) -> None:
-    import subprocess
+    from conftest import serve_once
 
-    from conftest import REPO, free_port, spreadguard, subprocess_env
-
-    done = subprocess.run(
-        spreadguard(
-            "serve",
-            "--policies",
-            str(POLICIES_DIR),
-            "--tls-cert",
-            str(tls_files.cert),
-            "--tls-key",
-            str(tls_files.key),
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            flag,
-            value,
-        ),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_once(tls_files, flag, value, timeout=30)
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import ssl
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,10 @@ from conftest import (
     Server,
     TLSFiles,
     admission_review,
-    free_port,
     json_log_lines,
     metric,
     scrape,
-    spreadguard,
-    subprocess_env,
+    serve_once,
     wait_for,
 )
 
@@ -393,25 +390,6 @@ def test_watcher_thread_polls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("interval", ["-1", "nan", "inf"])
 def test_bad_reload_interval_is_refused(tls_files: TLSFiles, interval: str) -> None:
-    done = subprocess.run(
-        spreadguard(
-            "serve",
-            "--policies",
-            str(POLICIES_DIR),
-            "--tls-cert",
-            str(tls_files.cert),
-            "--tls-key",
-            str(tls_files.key),
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "--reload-interval",
-            interval,
-        ),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = serve_once(tls_files, "--reload-interval", interval, timeout=30)
     assert done.returncode == 2, done.stderr
     assert "--reload-interval" in done.stderr and "Traceback" not in done.stderr
