@@ -19,7 +19,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES_DIR = REPO / "policies"
-# AdmissionReviews captured from a real kube-apiserver 1.36 (copied from ../shared/fixtures/admission)
+# AdmissionReviews captured from a real kube-apiserver 1.36, kept in the repository (see its README.md)
 FIXTURES_DIR = REPO / "tests" / "data" / "admission"
 READY_TIMEOUT = 30.0
 
