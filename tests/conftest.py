@@ -141,6 +141,38 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
         process.wait(timeout=timeout)
 
 
+SCRIPT = Path(sys.executable).with_name("spreadguard")  # the console script, as a user runs it
+
+
+@dataclass
+class CliRun:
+    """One run of the console script: its arguments, exit code, stdout and stderr."""
+
+    args: tuple[str, ...]
+    code: int
+    out: str
+    err: str
+
+    def __str__(self) -> str:
+        return f"spreadguard {' '.join(self.args)} -> {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+
+
+def run_cli(*args: str, stdin: str | bytes | None = None, cwd: Path = REPO) -> CliRun:
+    """``spreadguard ARGS`` through the console script, as typed in a shell; never a traceback."""
+    assert SCRIPT.is_file(), f"the console script is not installed next to {sys.executable}"
+    done = subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
+        capture_output=True,
+        timeout=60,
+    )
+    run = CliRun(args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+    assert "Traceback" not in run.out + run.err, str(run)
+    return run
+
+
 def serve_once(tls: TLSFiles, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``spreadguard serve`` with the default policies, ``tls`` and a free port plus ``extra`` flags, run to
     its end as a user would (for flags it must refuse at start: exit code and stderr to check)."""

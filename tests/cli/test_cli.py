@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, subprocess_env
+from conftest import REPO
+from conftest import run_cli as cli
 
 from webhook.cli import build_parser
-
-SCRIPT = Path(sys.executable).with_name("spreadguard")  # the console script, as a user runs it
-
-
-@dataclass
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:
-        return f"spreadguard {' '.join(self.args)} -> {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
-
-
-def cli(*args: str, stdin: str | None = None) -> Run:
-    done = subprocess.run(
-        [str(SCRIPT), *args], cwd=REPO, env=subprocess_env(), input=stdin, capture_output=True, text=True, timeout=60
-    )
-    run = Run(args, done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in run.out + run.err, str(run)
-    return run
 
 
 def docs(text: str) -> list[dict]:

@@ -15,44 +15,16 @@ import socket
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURES_DIR, REPO, Server, subprocess_env
+from conftest import FIXTURES_DIR, REPO, SCRIPT, Server, subprocess_env
+from conftest import run_cli as sg
 
 from webhook.engine.ids import MUTATOR_IDS, RULE_IDS
 
-SCRIPT = Path(sys.executable).with_name("spreadguard")
 README = (REPO / "README.md").read_text(encoding="utf-8")
-
-
-@dataclass
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:
-        return f"spreadguard {' '.join(self.args)} -> {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
-
-
-def sg(*args: str, stdin: str | bytes | None = None, cwd: Path = REPO) -> Run:
-    """``spreadguard ARGS`` through the console script, as typed in a shell; never a traceback."""
-    assert SCRIPT.is_file(), f"the console script is not installed next to {sys.executable}"
-    done = subprocess.run(
-        [str(SCRIPT), *args],
-        cwd=cwd,
-        env=subprocess_env(),
-        input=stdin.encode() if isinstance(stdin, str) else stdin,
-        capture_output=True,
-        timeout=60,
-    )
-    run = Run(args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
-    assert "Traceback" not in run.out + run.err, str(run)
-    return run
 
 
 def example(name: str) -> str:
