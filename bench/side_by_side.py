@@ -13,7 +13,8 @@ sends them the same admission over TLS keep-alive connections, as the API server
 - the do-nothing webhook: one call per admission (one webhook), and also the same pair of calls.
 
 Each measurement runs for ``--seconds`` per server, interleaved (A, B, A, B) to share the machine's noise,
-sequentially (one client) and with 8 concurrent clients. Reported per admission: client-side wall time
+sequentially (one client) and with 8 concurrent clients (separate processes, one keep-alive connection
+each: client threads would queue on one GIL). Reported per admission: client-side wall time
 (mean, p50, p99) and the CPU the server's processes used (utime+stime of the gunicorn master and workers
 from /proc, divided by the admissions answered), and the ratios spreadguard / do-nothing. Server CPU is the
 steadier figure on a shared machine: the client runs on the same cores.
@@ -26,6 +27,7 @@ import base64
 import copy
 import http.client
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -34,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "data" / "admission"
 DEFAULT_OBJECT = "128-Pod-bert-worker-0-CREATE-mutate.json"
 TICK = os.sysconf("SC_CLK_TCK")
+NICE = int(os.environ.get("SIDE_BY_SIDE_NICE", "0"))
 
 
 def free_port() -> int:
@@ -70,8 +72,9 @@ def tree_cpu(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], port: int, context: ssl.SSLContext, cwd: Path) -> None:
-        self.name, self.port, self.context = name, port, context
+    def __init__(self, name: str, argv: list[str], port: int, cafile: Path, cwd: Path) -> None:
+        self.name, self.port, self.cafile = name, port, str(cafile)
+        context = ssl.create_default_context(cafile=self.cafile)
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -97,16 +100,14 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def run_clients(
-    server: Server, calls: list[tuple[str, bytes]], clients: int, seconds: float
-) -> tuple[list[float], float, int]:
-    """``clients`` threads each repeating ``calls`` (one admission) for ``seconds``: latencies, server CPU, count."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[str] = []
+def _client(port: int, cafile: str, calls: list[tuple[str, bytes]], seconds: float, out: Any) -> None:
+    """One client process: one keep-alive TLS connection, ``calls`` (one admission) repeated for ``seconds``."""
+    os.nice(NICE)
+    context = ssl.create_default_context(cafile=cafile)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    latencies: list[float] = []
     stop = time.monotonic() + seconds
-
-    def client(i: int) -> None:
-        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=server.context, timeout=10)
+    try:
         while time.monotonic() < stop:
             started = time.perf_counter()
             for path, body in calls:
@@ -114,21 +115,49 @@ def run_clients(
                 resp = conn.getresponse()
                 data = resp.read()
                 if resp.status != 200 or b'"allowed"' not in data:
-                    errors.append(f"{server.name} {path}: {resp.status} {data[:200]!r}")
+                    out.send(("error", f"{path}: {resp.status} {data[:200]!r}"))
                     return
-            latencies[i].append(time.perf_counter() - started)
+            latencies.append(time.perf_counter() - started)
+        out.send(("ok", latencies))
+    except Exception as exc:  # reported to the parent
+        out.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
         conn.close()
+        out.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+
+def run_clients(
+    server: Server, calls: list[tuple[str, bytes]], clients: int, seconds: float
+) -> tuple[list[float], float, int]:
+    """``clients`` processes each repeating ``calls`` (one admission) for ``seconds``: latencies, server CPU, count.
+
+    Processes, not threads: the API server sends concurrently from Go, and client threads in one Python
+    process would queue on its GIL and show that queueing as the server's latency.
+    """
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(clients)]
+    procs = [
+        ctx.Process(target=_client, args=(server.port, server.cafile, calls, seconds, send), daemon=True)
+        for _recv, send in pipes
+    ]
     cpu0 = tree_cpu(server.proc.pid)
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 30)
+    for proc in procs:
+        proc.start()
+    flat: list[float] = []
+    errors: list[str] = []
+    for (recv, _send), proc in zip(pipes, procs, strict=True):
+        if recv.poll(seconds + 30):
+            status, payload = recv.recv()
+            if status == "ok":
+                flat += payload
+            else:
+                errors.append(f"{server.name} {payload}")
+        else:
+            errors.append(f"{server.name}: a client did not finish")
+        proc.join(5)
     cpu = tree_cpu(server.proc.pid) - cpu0
     if errors:
         raise SystemExit(errors[0])
-    flat = [x for per in latencies for x in per]
     return flat, cpu, len(flat)
 
 
@@ -151,9 +180,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--log-level",
-        default="warning",
+        default="info",
         choices=("debug", "info", "warning", "error"),
-        help="spreadguard's --log-level (default warning; info, the install's default, logs one line per call)",
+        help="spreadguard's --log-level (default info, as installed: one decision line per call)",
     )
     parser.add_argument("--no-admit", action="store_true", help="skip /admit (to measure a version without it)")
     args = parser.parse_args()
@@ -174,21 +203,20 @@ def main() -> int:
     subprocess.run(
         [*py, "-m", "webhook.cli", "certs", "generate", "--out", str(tmp)], cwd=REPO, check=True, capture_output=True
     )
-    context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
     sg_port, noop_port = free_port(), free_port()
     spreadguard = Server(
         "spreadguard",
         [*py, "-m", "webhook.cli", "serve", "--policies", "policies", "--tls-cert", str(tmp / "tls.crt"),
          "--tls-key", str(tmp / "tls.key"), "--bind", f"127.0.0.1:{sg_port}", "--workers", "2", "--threads", "8",
          "--cluster-cache", "off", "--log-level", args.log_level],
-        sg_port, context, REPO,
+        sg_port, tmp / "ca.crt", REPO,
     )  # fmt: skip
     noop = Server(
         "noop",
         [*py, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--keep-alive",
          "120", "--certfile", str(tmp / "tls.crt"), "--keyfile", str(tmp / "tls.key"), "--bind",
          f"127.0.0.1:{noop_port}", "--log-level", "warning", "noop_webhook:app"],
-        noop_port, context, REPO / "bench",
+        noop_port, tmp / "ca.crt", REPO / "bench",
     )  # fmt: skip
     pair = [("/mutate", mutate_raw), ("/validate", validate_raw)]
     cases = {

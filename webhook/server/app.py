@@ -22,6 +22,7 @@ import os
 import re
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,15 @@ def handle(app: Flask, endpoint: str, environ: dict[str, Any]) -> Answered:
         record.finish()
 
 
+def handle_raw(app: Flask, endpoint: str, raw: bytes) -> Answered:
+    """One admission request whose body is already read (``worker.py`` answers these in its main loop)."""
+    record = Record(endpoint)
+    try:
+        return answer(app, endpoint, raw, record)
+    finally:
+        record.finish()
+
+
 def _metrics_response(cert_expiry: metrics.CertExpiry | None) -> Response:
     if cert_expiry is not None:
         cert_expiry.refresh()
@@ -396,6 +406,8 @@ def create_app(
         return [body]
 
     app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    # spreadguard's gunicorn worker answers small admission requests itself, from the bytes it read
+    app.extensions[INLINE_HANDLER] = partial(handle_raw, app)
 
     @app.get("/metrics")
     def metrics_page() -> Response:
@@ -449,6 +461,7 @@ def master_before_fork(app: Flask) -> None:
 
 
 CLUSTER = "spreadguard.cluster"
+INLINE_HANDLER = "spreadguard.inline"  # handle_raw bound to the app, for worker.py
 GRANT_KEY = "spreadguard.grant-key"
 
 

@@ -26,8 +26,9 @@ Metrics (all in the ``spreadguard_`` namespace):
     within the per-request time budget), ``busy`` (a large request waited too long for its turn). Each is
     also in ``spreadguard_admission_requests_total`` with ``decision="error"``.
 ``spreadguard_connections_refused_total{reason}``
-    Connections or requests the worker refused before a request thread saw them: ``handshake_timeout``,
-    ``read_timeout``, ``too_many_connections``, ``too_large``, ``bad_request`` (``webhook.server.worker``).
+    Connections or requests the worker refused or cut before answering them: ``handshake_timeout``,
+    ``read_timeout``, ``write_timeout``, ``too_many_connections``, ``too_large``, ``bad_request``
+    (``webhook.server.worker``).
 ``spreadguard_admission_duration_seconds{endpoint}``
     Histogram of the time from request body read to response ready, per admission request.
 ``spreadguard_policy_reloads_total{result}``
@@ -73,7 +74,14 @@ DECISIONS = ("allowed", "denied", "mutated", "error")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 UNKNOWN = "unknown"
 FAILED_OPEN_REASONS = ("error", "budget", "busy")
-REFUSED_REASONS = ("handshake_timeout", "read_timeout", "too_many_connections", "too_large", "bad_request")
+REFUSED_REASONS = (
+    "handshake_timeout",
+    "read_timeout",
+    "write_timeout",
+    "too_many_connections",
+    "too_large",
+    "bad_request",
+)
 
 
 class Metrics:

@@ -18,7 +18,19 @@ Memory is bounded per worker: a connection may buffer ``SMALL_REQUEST_BYTES`` fr
 of ``LARGE_SLOTS``, held until its answer is written, and without a free slot it is not read from (TCP
 pushes back on the client) until one frees or its deadline passes.
 
-Only a request that is complete in memory goes to a thread, with gunicorn's own HTTP parser reading it
+An admission request (``POST /mutate``, ``/validate`` or ``/admit`` with a ``Content-Length`` body that fit
+in ``SMALL_REQUEST_BYTES``: nearly every Pod and workload) is answered right there in the main loop, once it
+is complete in memory: the app's ``handle_raw`` (parse, decide within the budget, record), then the answer
+written without blocking (a client that does not read it is cut at ``WRITE_SECONDS``). No thread hand-off,
+no WSGI environ, no second HTTP parse: on this path a request costs a few tens of microseconds besides the
+decision itself, against about half a millisecond through gthread and Flask (``docs/performance.md``). The
+decision is pure CPU under the GIL, so threads would not run two at once anyway; what a thread would add is
+that a long decision does not hold up the other connections of this worker, which is why larger requests
+(and every other path, and everything at ``--log-level debug``, for gunicorn's access log) still go to a
+thread. At most ``INLINE_BURST`` pipelined requests of one connection are answered in a row before the
+others get their turn.
+
+Any other request that is complete in memory goes to a thread, with gunicorn's own HTTP parser reading it
 from that buffer (never from the socket); the thread writes the answer with ``WRITE_SECONDS`` as the socket
 timeout. Connections per worker are capped at ``worker_connections``: at the cap a new connection evicts
 the oldest one that is not in a thread (an idle keep-alive or a slow client), so a flood of idle
@@ -60,10 +72,12 @@ MAX_HEADER_BYTES = 64 * 1024  # request line and headers
 # the worker stops reading from it (TCP pushes back on the client) until one frees, within its deadline.
 SMALL_REQUEST_BYTES = 64 * 1024
 LARGE_SLOTS = 2
+INLINE_BURST = 16  # pipelined requests of one connection answered in a row before the others' turn
 _READ = 256 * 1024
 _SWEEP_SECONDS = 0.1
+_INLINE_PATHS = {b"/mutate": "mutate", b"/validate": "validate", b"/admit": "admit"}
 
-HANDSHAKE, IDLE, READING, DISCARDING = "handshake", "idle", "reading", "discarding"
+HANDSHAKE, IDLE, READING, DISCARDING, WRITING = "handshake", "idle", "reading", "discarding", "writing"
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
@@ -121,6 +135,8 @@ class FrontConn(gthread.TConn):
         self.rest = b""  # bytes after the request handed to a thread (a pipelined next one)
         self.large = False  # holds one of the worker's LARGE_SLOTS
         self.paused = False  # waits for a large slot: not read from meanwhile
+        self.out: memoryview | None = None  # an inline answer not yet all written
+        self.close_after = False  # close once ``out`` is written
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -136,6 +152,8 @@ class FrontConn(gthread.TConn):
         self.skip = 0  # chunked, discarding: bytes of the current chunk still to drop
         self.too_large: int | None = None
         self.endpoint = ""
+        self.inline = ""  # the admission endpoint this request is answered for in the main loop, if any
+        self.keep_alive = True  # the request allows the connection to stay open
 
     def init(self) -> None:  # the parser is set by the front stage
         return
@@ -168,6 +186,16 @@ class BoundedWorker(gthread.ThreadWorker):
         self.large_free = LARGE_SLOTS
         self.large_waiting: OrderedDict[int, FrontConn] = OrderedDict()
         self._next_sweep = 0.0
+        self.answer_inline: Any = None  # the app's handle_raw(endpoint, body) -> (status, body), if it has one
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        from webhook.server.app import INLINE_HANDLER
+
+        extensions = getattr(self.wsgi, "extensions", None)
+        handler = extensions.get(INLINE_HANDLER) if isinstance(extensions, dict) else None
+        # gunicorn's access log is written by its request threads: at debug level every request goes there
+        self.answer_inline = handler if handler is not None and not self.cfg.accesslog else None
 
     # ------------------------------------------------------------------ accept and the front stage
 
@@ -269,6 +297,8 @@ class BoundedWorker(gthread.ThreadWorker):
                     self._watch(conn, selectors.EVENT_WRITE)
                     return
                 self._idle(conn)
+            if conn.stage == WRITING and not self._flush(conn):
+                return
             self._read(conn)
         except _Refusal as refusal:
             self._refuse(conn, refusal)
@@ -284,10 +314,21 @@ class BoundedWorker(gthread.ThreadWorker):
     def _read(self, conn: FrontConn) -> None:
         if conn.paused:
             return
+        answered = 0
         while True:
             if self._advance(conn):  # a whole request is in the buffer
-                self._hand_off(conn)
-                return
+                if not self._hand_off(conn):
+                    return  # in a thread, still writing, or closed
+                # Answered here. Its next request waits for the event loop, behind the other connections that
+                # are ready (a fast client would otherwise be answered again and again while they wait);
+                # only bytes already read (pipelined) are gone on with, up to INLINE_BURST requests in a row.
+                if not conn.buf and not conn.sock.pending():
+                    return
+                answered += 1
+                if answered >= INLINE_BURST:
+                    self.method_queue.defer(self._resume, conn)
+                    return
+                continue
             try:
                 data = conn.sock.recv(_READ)
             except ssl.SSLWantReadError:
@@ -343,9 +384,11 @@ class BoundedWorker(gthread.ThreadWorker):
     def _headers(self, conn: FrontConn, head: bytes) -> None:
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
-        conn.endpoint = parts[1].decode("latin-1").lstrip("/") if len(parts) == 3 else ""
+        path = parts[1].split(b"?", 1)[0] if len(parts) == 3 else b""  # the API server adds ?timeout=5s
+        conn.endpoint = path.decode("latin-1").lstrip("/")
         lengths: list[bytes] = []
         codings: list[bytes] = []
+        tokens: list[bytes] = []
         expect = False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
@@ -356,8 +399,20 @@ class BoundedWorker(gthread.ThreadWorker):
                 lengths.append(value.strip())
             elif name == b"transfer-encoding":
                 codings += [c.strip().lower() for c in value.split(b",")]
+            elif name == b"connection":
+                tokens += [c.strip().lower() for c in value.split(b",")]
             elif name == b"expect" and value.strip().lower() == b"100-continue":
                 expect = True
+        version = parts[2] if len(parts) == 3 else b""
+        conn.keep_alive = b"keep-alive" in tokens if version == b"HTTP/1.0" else b"close" not in tokens
+        if (
+            self.answer_inline is not None
+            and parts[0] == b"POST"
+            and path in _INLINE_PATHS
+            and version in (b"HTTP/1.1", b"HTTP/1.0")
+            and not codings
+        ):
+            conn.inline = _INLINE_PATHS[path]
         if codings:
             if lengths or codings[-1] != b"chunked":
                 raise _Refusal(400, "Transfer-Encoding must end in chunked, without Content-Length", "bad_request")
@@ -493,7 +548,74 @@ class BoundedWorker(gthread.ThreadWorker):
         self._idle(conn)
         self._step(conn)
 
-    def _hand_off(self, conn: FrontConn) -> None:
+    def _hand_off(self, conn: FrontConn) -> bool:
+        """Answer the buffered request here (``_answer``) or give it to a request thread.
+
+        True when it was answered here, all written and the connection waits for its next request.
+        """
+        if conn.inline and not conn.large:
+            return self._answer(conn)
+        self._to_thread(conn)
+        return False
+
+    def _answer(self, conn: FrontConn) -> bool:
+        """Answer an admission request in the main loop: decide, then write without blocking."""
+        end = conn.head_end + conn.content_length
+        body = bytes(conn.buf[conn.head_end : end])
+        del conn.buf[:end]  # what is left is a pipelined next request
+        endpoint, keep = conn.inline, conn.keep_alive and self.alive
+        conn._reset_request()
+        try:
+            status, answer = self.answer_inline(endpoint, body)
+        except Exception:  # handle_raw answers its own errors; this is a bug in it
+            log.exception("answering /%s failed", endpoint)
+            from webhook.server.app import error_body
+
+            status, answer, keep = 500, error_body("500 Internal Server Error: internal error"), False
+        reason = "OK" if status == 200 else _STATUS_TEXT.get(status, "Error")
+        connection = "" if keep else "Connection: close\r\n"
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(answer)}\r\n{connection}\r\n"
+        )
+        conn.out = memoryview(head.encode("latin-1") + answer)
+        conn.close_after = not keep
+        conn.stage = WRITING
+        conn.deadline = time.monotonic() + WRITE_SECONDS
+        return self._flush(conn)
+
+    def _flush(self, conn: FrontConn) -> bool:
+        """Write what is left of ``conn.out``; True when all is written and the connection is open for more."""
+        out = conn.out
+        while out:
+            try:
+                sent = conn.sock.send(out)
+            except ssl.SSLWantWriteError:
+                conn.out = out
+                self._watch(conn, selectors.EVENT_WRITE)
+                return False
+            except ssl.SSLWantReadError:
+                conn.out = out
+                self._watch(conn, selectors.EVENT_READ)
+                return False
+            out = out[sent:]
+        conn.out = None
+        if conn.close_after:
+            self._drop(conn)
+            return False
+        self._idle(conn)
+        if conn.buf:  # part of a pipelined next request: it is being read now
+            conn.stage = READING
+            conn.deadline = time.monotonic() + REQUEST_SECONDS
+        self._watch(conn, selectors.EVENT_READ)
+        return True
+
+    def _resume(self, conn: FrontConn) -> None:
+        """Go on with a connection whose turn was cut short (``INLINE_BURST``), if it is still open."""
+        if self.front.get(id(conn)) is conn:
+            self._step(conn)
+
+    def _to_thread(self, conn: FrontConn) -> None:
         """Give the buffered request to a request thread (gunicorn's parser reads it from memory)."""
         self._unwatch(conn)
         self.front.pop(id(conn), None)
@@ -574,7 +696,12 @@ class BoundedWorker(gthread.ThreadWorker):
                 # like gthread: a request the client may be sending now is still answered (with close)
                 conn.deadline = now + gthread.STOP_KEEPALIVE_LINGER
             elif conn.deadline <= now:
-                reason = {HANDSHAKE: "handshake_timeout", READING: "read_timeout", DISCARDING: "read_timeout"}
+                reason = {
+                    HANDSHAKE: "handshake_timeout",
+                    READING: "read_timeout",
+                    DISCARDING: "read_timeout",
+                    WRITING: "write_timeout",
+                }
                 self._drop(conn, reason.get(conn.stage, ""))
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
