@@ -16,8 +16,11 @@ in microseconds per call. The stages:
 - ``metrics``: ``metrics.observe_admission`` in single-process mode and in multiprocess mode (the mmap files
   gunicorn's workers write);
 - ``log line``: one decision log line (``Record.finish`` minus its metrics) to /dev/null at ``info``;
-- ``WSGI /<endpoint>``: the whole request through the app, at ``--log-level warning`` (as
-  ``bench/side_by_side.py`` serves) and at ``info`` (the default) with multiprocess metrics;
+- ``WSGI /<endpoint>``: the whole request through the app's WSGI callable, at ``--log-level warning`` and
+  at ``info`` (the default) with multiprocess metrics;
+- ``inline /<endpoint>``: ``app.handle_raw``, what spreadguard's worker calls for an admission request it
+  answers in its main loop (no WSGI environ), at ``info``; then again after ``gc.freeze()``, as each
+  worker freezes what it loaded at start-up;
 - ``do-nothing WSGI``: the baseline, measured in the same run: ``bench/noop_webhook.py`` (Flask, parses the
   review and allows it) called the same way. The ratios divide by it.
 
@@ -27,6 +30,7 @@ The servers' figure over TLS is ``bench/side_by_side.py``; this one shows what t
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import logging
@@ -130,6 +134,7 @@ def main() -> int:
         "CONTENT_TYPE": "application/json",
     }
     wsgi = app.wsgi_app
+    inline = app.extensions[server_app.INLINE_HANDLER]  # what the worker calls for a small admission request
 
     def call() -> None:
         environ = dict(environ_base)
@@ -156,10 +161,13 @@ def main() -> int:
         assert isinstance(handler, logging.StreamHandler)
         handler.setStream(sink)
     measure(f"WSGI /{endpoint}, log info", call)
+    measure(f"inline /{endpoint}, log info", lambda: inline(endpoint, raw))
+    gc.freeze()  # what each worker does once it is up (app.worker_started)
+    measure(f"inline /{endpoint}, log info, gc frozen", lambda: inline(endpoint, raw))
     sink.close()
 
     base = figures["do-nothing WSGI (baseline)"]
-    ratios = {k: v / base for k, v in figures.items() if k.startswith("WSGI")}
+    ratios = {k: v / base for k, v in figures.items() if k.startswith(("WSGI", "inline"))}
     if args.json:
         out = {"object": args.object, "endpoint": endpoint, "us_per_call": figures, "ratio_to_do_nothing": ratios}
         print(json.dumps(out, indent=2))

@@ -188,24 +188,65 @@ def _clone(value: Any) -> Any:
 
 
 SHARED_METADATA = ("managedFields",)  # never written by a mutator: shared with the original, not copied
+# What the mutators write inside a pod template's spec (mutators/*.py); the template's metadata is copied
+# whole. Everything else in the object (containers, volumes, status...) is shared with the original: it is
+# never written, and shared parts make the copy and the final diff cheap (``==`` on the same object is
+# immediate). ``tests/engine/test_properties.py`` checks on every case and captured fixture that evaluating
+# leaves the input as it was.
+TEMPLATE_SPEC_WRITES = ("affinity", "tolerations", "topologySpreadConstraints")
 
 
-def _working_copy(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the mutators may edit: ``spec`` and ``metadata`` copied, everything else (status...) shared."""
+def _working_copy(obj: dict[str, Any], workload: Workload | None = None) -> dict[str, Any]:
+    """What the mutators may edit: the object's metadata and, for each group of ``workload``, the path to its
+    pod template, the template's metadata and the parts of its spec they write, copied; the rest shared.
+    Without ``workload``: ``spec`` and ``metadata`` copied whole."""
     out = dict(obj)
-    spec = obj.get("spec")
     meta = obj.get("metadata")
-    if not isinstance(meta, dict):
+    if isinstance(meta, dict):
+        # one copy of everything copied (each marshal call has a fixed cost), then the metadata keys in order
+        copied = {k: v for k, v in meta.items() if k not in SHARED_METADATA}
+        new_meta = _clone(copied)
+        out["metadata"] = {k: meta[k] if k in SHARED_METADATA else new_meta[k] for k in meta}
+    spec = obj.get("spec")
+    if workload is None:
         if isinstance(spec, dict):
             out["spec"] = _clone(spec)
         return out
-    # one copy of everything copied (each marshal call has a fixed cost), then the metadata keys in order
-    copied = {k: v for k, v in meta.items() if k not in SHARED_METADATA}
-    new_spec, new_meta = _clone([spec if isinstance(spec, dict) else None, copied])
-    if isinstance(spec, dict):
-        out["spec"] = new_spec
-    out["metadata"] = {k: meta[k] if k in SHARED_METADATA else new_meta[k] for k in meta}
+    fresh = {id(out)}  # containers made here: written freely, never copied twice
+    for m in workload.groups:
+        template = _own_path(out, m.group.path, fresh)
+        if template is None:
+            continue
+        if m.group.path and isinstance(template.get("metadata"), dict):
+            template["metadata"] = _clone(template["metadata"])
+        tspec = template.get("spec")
+        if isinstance(tspec, dict) and id(tspec) not in fresh:
+            tspec = dict(tspec)
+            for key in TEMPLATE_SPEC_WRITES:
+                if isinstance(tspec.get(key), dict | list):
+                    tspec[key] = _clone(tspec[key])
+            template["spec"] = tspec
+            fresh.add(id(tspec))
     return out
+
+
+def _own_path(root: dict[str, Any], path: Path, fresh: set[int]) -> dict[str, Any] | None:
+    """The dict at ``path`` in ``root``, with every container from ``root`` to it (itself included) a shallow
+    copy of the shared one, so that writing to it or replacing its members leaves the original alone."""
+    cur: Any = root
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(cur, list) or not 0 <= step < len(cur):
+                return None
+        elif not isinstance(cur, dict) or step not in cur:
+            return None
+        nxt = cur[step]
+        if isinstance(nxt, dict | list) and id(nxt) not in fresh:
+            nxt = dict(nxt) if isinstance(nxt, dict) else list(nxt)
+            fresh.add(id(nxt))
+            cur[step] = nxt
+        cur = nxt
+    return cur if isinstance(cur, dict) else None
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any], pointer: str = "") -> list[dict[str, Any]]:
@@ -328,7 +369,7 @@ def _judged(
     so that e.g. the eligible nodes of a rescaled group count its team's nodes."""
     if len(touched) == len(workload.groups):
         return _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
-    scratch = _working_copy(mutated)
+    scratch = _working_copy(mutated, workload)
     changed = {g.path for g in touched}
     untouched = [m.group for m in workload.groups if m.group.path not in changed]
     scope = PER_NODE_MUTATORS if workload.kind.per_node else None
@@ -459,7 +500,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         if not view.synced:
             decision.info.append(f"cluster view not synced ({view.error or 'starting'}): decided from the spec alone")
 
-    mutated = _working_copy(obj)
+    mutated = _working_copy(obj, workload)
     touched = [m.group for m in workload.groups if _touched(m.group, obj, ctx)]
     added = _added_tolerations(obj, workload, ctx)  # a Pod UPDATE: only the isolation of new tolerations
     judged = {g.path for g in touched} | _rescaled(workload, ctx)  # whose findings may deny
@@ -477,7 +518,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         exempt = _exemption(obj, workload, policy, ctx, mode, run, decision)
         placement = _classes(workload, policy, decision.info)
         if mode == "dryrun":
-            scratch = _working_copy(mutated)
+            scratch = _working_copy(mutated, workload)
             would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt, placement), scope, [])
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
             decision.dryrun_patch.extend(_diff(mutated, scratch))

@@ -5,6 +5,7 @@ Pure helpers shared by the mutators and the rules; they never modify their input
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,18 +62,28 @@ def _positive(quantity: Any) -> bool:
 
 def gpu_count(spec: dict[str, Any], resources: list[str]) -> int:
     """Whole GPUs requested by one pod (limits or requests of any container)."""
+    wanted = _names(tuple(resources))
     total = 0
     for c in containers(spec):
-        res = c.get("resources") or {}
-        for section in ("limits", "requests"):
-            for name in resources:
-                value = (res.get(section) or {}).get(name)
-                if _positive(value):
+        res = c.get("resources")
+        if not isinstance(res, dict):
+            continue
+        for section in (res.get("limits"), res.get("requests")):
+            if not isinstance(section, dict):
+                continue
+            # the section's few entries against the names: not every name against the section
+            for name, value in section.items():
+                if name in wanted and _positive(value):
                     try:
-                        total = max(total, int(float(value)))  # type: ignore[arg-type]
+                        total = max(total, int(float(value)))
                     except (TypeError, ValueError, OverflowError):  # "1Ki"; "1e309" (stored by the API server,
                         total = max(total, 1)  # infinite as a float): a GPU request, counted as one
     return total
+
+
+@functools.lru_cache(maxsize=64)
+def _names(resources: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(resources)
 
 
 def requests_gpu(spec: dict[str, Any], resources: list[str]) -> bool:

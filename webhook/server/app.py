@@ -16,6 +16,7 @@ closed here (docs/install.md, "Failing open").
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -259,11 +260,8 @@ class Record:
 Answered = tuple[int, bytes]  # HTTP status and JSON body of an admission answer
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options would build one per call
-
-
 def _ok(payload: dict[str, Any]) -> Answered:
-    return 200, _COMPACT.encode(payload).encode()
+    return 200, admission.dumps(payload)
 
 
 def _bad(message: str, status: int = 400) -> Answered:
@@ -499,6 +497,10 @@ def worker_started(app: Flask, reload_interval: float = DEFAULT_INTERVAL_SECONDS
             "fields": {"policies": list(state.names), "directory": state.source, "reload_interval": reload_interval}
         },
     )
+    # Everything loaded so far (modules, policies, the app) lives as long as the worker: out of the cyclic
+    # collector's reach, its occasional full collections stop walking ~46,000 objects (-6% CPU per admission,
+    # bench/admit_breakdown.py).
+    gc.freeze()
     if reload_interval > 0:
         return watcher.start()
     return None

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 from gunicorn.glogging import Logger as GunicornLogger
 
 ROOT = "spreadguard"
@@ -105,15 +106,23 @@ def write_line(logger: logging.Logger, level: int, msg: str, fields: dict[str, A
     handler = _direct_handler(logger, level)
     if handler is None or getattr(_direct, "busy", False):
         return False
-    text = _ENCODER.encode(
-        line_text(time.time(), logging.getLevelName(level).lower(), logger.name, os.getpid(), msg, fields)
-    )
+    line = line_text(time.time(), logging.getLevelName(level).lower(), logger.name, os.getpid(), msg, fields)
+    try:  # orjson: the same compact UTF-8 line, several times faster (the standard encoder for what it refuses)
+        data = orjson.dumps(line, default=str) + handler.terminator.encode()
+    except TypeError:
+        data = (_ENCODER.encode(line) + handler.terminator).encode()
     _direct.busy = True
     handler.acquire()
     try:
         stream = handler.stream
-        stream.write(text + handler.terminator)
-        stream.flush()
+        raw = getattr(stream, "buffer", None)  # a text stream's bytes below: no second encoding
+        if raw is not None and str(getattr(stream, "encoding", "")).lower().replace("-", "") == "utf8":
+            stream.flush()  # anything written through the text layer goes first (nothing, normally)
+            raw.write(data)
+            raw.flush()
+        else:
+            stream.write(data.decode())
+            stream.flush()
     except Exception:  # as StreamHandler.emit: report on stderr, never fail the request
         handler.handleError(logging.makeLogRecord({"name": logger.name, "levelno": level, "msg": msg}))
     finally:
