@@ -12,6 +12,7 @@ import copy
 import fnmatch
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -228,8 +229,8 @@ def test_base_calls_spreadguard_once_per_object() -> None:
 def test_two_hooks_overlay_is_the_base_split_in_two() -> None:
     """manifests/overlays/two-hooks is the install as it was before the single hook became the base: everything
     but the webhook configurations as in the base; mutating hooks on /mutate, the pods hook on CREATE only; the
-    validating hooks on /validate with the same rules (but the scale subresources: warnings only, which a
-    validating answer also gives but the two-hook install always left to the mutating hook) and conditions."""
+    validating hooks on /validate with the base's settings, conditions and rules, but for the scale subresources
+    (a Scale only ever gets warnings, which the mutating hook gives)."""
     base, two = render(), render("two-hooks")
     configs = set(WEBHOOK_KINDS)
     assert [o for o in two if o["kind"] not in configs] == [o for o in base if o["kind"] not in configs]
@@ -247,6 +248,36 @@ def test_two_hooks_overlay_is_the_base_split_in_two() -> None:
         del hook["reinvocationPolicy"]
         hook["rules"] = [r for r in hook["rules"] if not all(x.endswith("/scale") for x in r["resources"])]
     assert one(two, "ValidatingWebhookConfiguration") == expected_validating
+
+
+@pytest.mark.parametrize("overlay", ["dryrun", "production"])
+def test_two_hook_component_composes_with_the_other_overlays(overlay: str, tmp_path: Path) -> None:
+    """An overlay of your own (docs/install.md): another overlay plus components/validate-after-mutation gives
+    that overlay with the two-hook webhook configurations."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    up = Path(os.path.relpath(MANIFESTS, tmp_path))  # kustomize takes no absolute path to a kustomization
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(up / "overlays" / overlay)],
+                "components": [str(up / "components" / "validate-after-mutation")],
+            }
+        )
+    )
+    done = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    plain = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
+    assert plain.returncode == 0, plain.stderr
+    configs = set(WEBHOOK_KINDS)
+    expected = [d for d in yaml.safe_load_all(plain.stdout) if d and d["kind"] not in configs]
+    assert [o for o in objects if o["kind"] not in configs] == expected
+    assert [o for o in objects if o["kind"] in configs] == [o for o in render("two-hooks") if o["kind"] in configs]
 
 
 @pytest.mark.parametrize("name", ["manifests", "dryrun", "cert-manager", *TWO_HOOKS])
