@@ -14,7 +14,8 @@ building, watch streaming, error paths):
   resourceVersion was compacted by ``expire()``);
 - ``get`` / ``create`` (409 AlreadyExists) / ``update`` (409 on a stale resourceVersion) / ``patch`` (JSON
   patch, JSON merge, strategic merge with list merge keys) of single objects;
-- ``metav1.Status`` bodies for errors: 401 without the token, 403 for ``forbidden`` (verb, plural) pairs, 404;
+- ``metav1.Status`` bodies for errors: 401 without the token, 403 for ``forbidden`` (verb, plural) pairs and,
+  when ``rbac`` is set, for what those roles do not allow (kube-apiserver's RBAC rule matching), 404;
   ``hang_up`` plurals whose requests get no answer at all; one-shot ``before`` hooks that run inside a request
   (another writer winning a race);
 - ``stop_serving()`` / ``serve(port)``: the API server goes away (every connection cut) and comes back.
@@ -112,6 +113,30 @@ def strategic_merge(target: Any, patch: Any, list_keys: dict[str, str]) -> Any:
     return out
 
 
+def rbac_allows(
+    roles: list[tuple[str, list[dict]]], verb: str, group: str, plural: str, namespace: str, name: str
+) -> bool:
+    """Whether a rule of ``roles`` allows the request, matched as RBAC does (rbac/v1 PolicyRule): the verb, the
+    API group and the resource listed (or ``*``), and ``resourceNames`` (when listed) naming the object; a
+    ``create`` carries no name when it is authorized, so a rule with resourceNames never allows it. A Role's
+    rules hold only in its namespace."""
+    for role_namespace, rules in roles:
+        if role_namespace and role_namespace != namespace:
+            continue
+        for rule in rules:
+            if not {verb, "*"} & set(rule.get("verbs") or []):
+                continue
+            if not {group, "*"} & set(rule.get("apiGroups") or []):
+                continue
+            if not {plural, "*"} & set(rule.get("resources") or []):
+                continue
+            names = rule.get("resourceNames") or []
+            if names and (verb == "create" or name not in names):
+                continue
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -137,6 +162,9 @@ class FakeKubeAPI:
         self.groups: dict[str, list[str]] = {}  # what /apis advertises: group -> versions
         self.resources: dict[str, list[str]] = {}  # what /apis/<group>/<version> lists: gv -> plurals
         self.forbidden: set[tuple[str, str]] = set()  # (verb, plural) this user may not do
+        # (namespace, rules) of the roles bound to this user: "" for a ClusterRole (cluster-wide), else a Role's
+        # namespace. None: everything is allowed but ``forbidden``.
+        self.rbac: list[tuple[str, list[dict]]] | None = None
         self.hang_up: set[str] = set()  # plurals whose requests get no answer (the server is gone)
         self.before: dict[tuple[str, str], Callable[[FakeKubeAPI], dict | None]] = {}  # one-shot hooks
         self.open_watches = 0
@@ -419,8 +447,10 @@ class _Handler(BaseHTTPRequestHandler):
             forced = hook(api)
             if forced is not None:
                 return self._json(forced["code"], forced)
-        if (verb, plural) in api.forbidden:
-            group = gv.split("/")[0] if "/" in gv else ""
+        group = gv.split("/")[0] if "/" in gv else ""
+        if (verb, plural) in api.forbidden or (
+            api.rbac is not None and not rbac_allows(api.rbac, verb, group, plural, namespace or "", name or "")
+        ):
             scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
             target = f'{plural} "{name}"' if name else plural
             return self._json(

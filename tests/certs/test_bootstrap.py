@@ -6,7 +6,10 @@ GET/POST/PUT/PATCH of Secrets with ``resourceVersion`` conflicts (409) and ``Alr
 (strategic merge by webhook name, JSON merge, JSON patch) of ``admissionregistration.k8s.io/v1``
 Mutating/ValidatingWebhookConfigurations, with ``Status`` bodies for errors and bearer-token authentication.
 bootstrap talks to it through the real ``kubernetes`` client, configured by a generated kubeconfig. The webhook
-configurations it starts with are the ones ``kubectl kustomize manifests/`` renders (when kubectl is there).
+configurations it starts with are the ones ``kubectl kustomize`` renders (when kubectl is there): most tests use the
+two-hook install (``manifests/overlays/two-hooks``: a Mutating and a ValidatingWebhookConfiguration, both named
+spreadguard); the base has only the MutatingWebhookConfiguration, and ``base_api`` serves that, with the base's own
+RBAC enforced by the fake (a request the rendered roles do not allow is a 403, as kube-apiserver's RBAC answers).
 """
 
 from __future__ import annotations
@@ -48,22 +51,54 @@ KINDS = {
 # --- fixtures -----------------------------------------------------------------------------------------------------
 
 
-def rendered_webhook_configurations() -> list[dict]:
-    """The two configurations from ``kubectl kustomize manifests/`` (hand-written ones without kubectl)."""
-    return copy.deepcopy(_rendered_webhook_configurations())
+INSTALLS = {"base": REPO / "manifests", "two-hooks": REPO / "manifests" / "overlays" / "two-hooks"}
+
+
+def rendered_webhook_configurations(install: str = "two-hooks") -> list[dict]:
+    """The webhook configurations ``kubectl kustomize`` renders for ``install`` (hand-written ones without kubectl):
+    the base has the mutating one only, the two-hook install both."""
+    return copy.deepcopy(_rendered(install)[0])
+
+
+def rendered_roles(install: str = "base") -> list[tuple[str, list[dict]]]:
+    """``(namespace, rules)`` of the roles ``install`` binds to spreadguard's service account ("" for a
+    ClusterRole), for ``FakeKubeAPI.rbac``; skipped without kubectl (no hand-written copy of the RBAC)."""
+    roles = _rendered(install)[1]
+    if roles is None:
+        pytest.skip("kubectl is not installed: cannot render the RBAC")
+    return copy.deepcopy(roles)
 
 
 @functools.cache
-def _rendered_webhook_configurations() -> list[dict]:
+def _rendered(install: str) -> tuple[list[dict], list[tuple[str, list[dict]]] | None]:
+    kinds = ["MutatingWebhookConfiguration"] + (["ValidatingWebhookConfiguration"] if install == "two-hooks" else [])
     if shutil.which("kubectl"):
         done = subprocess.run(
-            ["kubectl", "kustomize", str(REPO / "manifests")], capture_output=True, text=True, timeout=120
+            ["kubectl", "kustomize", str(INSTALLS[install])], capture_output=True, text=True, timeout=120
         )
-        if done.returncode == 0:
-            docs = [d for d in yaml.safe_load_all(done.stdout) if d]
-            found = [d for d in docs if d.get("kind") in KINDS.values()]
-            if len(found) == 2:
-                return found
+        assert done.returncode == 0, done.stderr
+        docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+        found = [d for d in docs if d.get("kind") in KINDS.values()]
+        assert [d["kind"] for d in found] == kinds, f"{install}: {[d['kind'] for d in found]}"
+        return found, _bound_roles(docs)
+    return _hand_written(kinds), None
+
+
+def _bound_roles(docs: list[dict]) -> list[tuple[str, list[dict]]]:
+    account = {"kind": "ServiceAccount", "name": SERVICE, "namespace": NS}
+    roles = {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d for d in docs}
+    out = []
+    for binding in docs:
+        if binding["kind"] not in ("ClusterRoleBinding", "RoleBinding") or account not in binding["subjects"]:
+            continue
+        where = binding["metadata"].get("namespace", "")
+        ref = binding["roleRef"]
+        role = roles[(ref["kind"], "" if ref["kind"] == "ClusterRole" else where, ref["name"])]
+        out.append((where, role["rules"]))
+    return out
+
+
+def _hand_written(kinds: list[str]) -> list[dict]:
     return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -79,7 +114,7 @@ def _rendered_webhook_configurations() -> list[dict]:
                 for part in ("workloads", "pods")
             ],
         }
-        for kind in KINDS.values()
+        for kind in kinds
     ]
 
 
@@ -87,6 +122,20 @@ def _rendered_webhook_configurations() -> list[dict]:
 def api() -> Iterator[FakeKubeAPI]:
     server = FakeKubeAPI(token=TOKEN).serve()
     for obj in rendered_webhook_configurations():
+        server.put(obj["kind"].lower() + "s", copy.deepcopy(obj))
+    try:
+        yield server
+    finally:
+        server.stop_serving()
+
+
+@pytest.fixture
+def base_api() -> Iterator[FakeKubeAPI]:
+    """The base install: the MutatingWebhookConfiguration only, and the base's RBAC enforced."""
+    server = FakeKubeAPI(token=TOKEN)
+    server.rbac = rendered_roles("base")
+    server.serve()
+    for obj in rendered_webhook_configurations("base"):
         server.put(obj["kind"].lower() + "s", copy.deepcopy(obj))
     try:
         yield server
@@ -485,3 +534,74 @@ def test_kube_wrapper_reads_raw_objects(api: FakeKubeAPI, kubeconfig: Path) -> N
     mutating = kube.get_webhook_configuration("MutatingWebhookConfiguration", HOOK)
     assert mutating["kind"] == "MutatingWebhookConfiguration" and len(mutating["webhooks"]) == 2
     assert kube.get_webhook_configuration("ValidatingWebhookConfiguration", "absent") is None
+
+
+# --- the base install: no ValidatingWebhookConfiguration ------------------------------------------------------------
+
+
+def test_base_install_patches_the_one_configuration_it_has(base_api: FakeKubeAPI, tmp_path: Path) -> None:
+    """The base has no ValidatingWebhookConfiguration: bootstrap (init container and CronJob, same command line)
+    looks for one by name, gets a 404, and succeeds with the mutating one patched, under the base's own RBAC."""
+    config = base_api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    result = run(config)
+    assert result.secret_action == "created"
+    assert result.webhooks == [("MutatingWebhookConfiguration", HOOK, "patched")]
+    assert base_api.writes() == [
+        ("POST", f"/api/v1/namespaces/{NS}/secrets"),
+        ("PATCH", f"{ADMISSION}mutatingwebhookconfigurations/{HOOK}"),
+    ]
+    assert base_api.get("validatingwebhookconfigurations", HOOK) is None
+    assert ("GET", f"{ADMISSION}validatingwebhookconfigurations/{HOOK}") in [
+        (r.method, r.path) for r in base_api.requests
+    ]
+    bundle = base64.b64encode(secret_files(base_api)["ca.crt"]).decode()
+    mutating = base_api.get("mutatingwebhookconfigurations", HOOK)
+    assert [w["clientConfig"]["caBundle"] for w in mutating["webhooks"]] == [bundle, bundle]
+    writes = len(base_api.writes())
+    again = run(config)  # the daily renewal: nothing to do, nothing written
+    assert again.secret_action == "kept" and again.webhooks == [("MutatingWebhookConfiguration", HOOK, "unchanged")]
+    assert len(base_api.writes()) == writes
+
+
+def test_two_hook_install_under_the_same_rbac_gets_both_bundles(base_api: FakeKubeAPI, tmp_path: Path) -> None:
+    """The two-hook overlay adds the validating configuration and keeps the base's RBAC: bootstrap sets its
+    caBundle too (a validating hook without one fails every call, and fails open)."""
+    assert rendered_roles("two-hooks") == rendered_roles("base")
+    for obj in rendered_webhook_configurations("two-hooks"):
+        base_api.put(obj["kind"].lower() + "s", copy.deepcopy(obj))
+    result = run(base_api.kubeconfig(tmp_path / "kubeconfig", namespace=NS))
+    assert result.webhooks == [
+        ("MutatingWebhookConfiguration", HOOK, "patched"),
+        ("ValidatingWebhookConfiguration", HOOK, "patched"),
+    ]
+    assert set(ca_bundles(base_api)) == {base64.b64encode(secret_files(base_api)["ca.crt"]).decode()}
+
+
+def test_switching_from_two_hooks_to_the_base(base_api: FakeKubeAPI, tmp_path: Path) -> None:
+    """An installed two-hook base switched to the single hook: once the validating configuration is deleted
+    (docs/install.md), bootstrap patches the mutating one alone, without an error."""
+    for obj in rendered_webhook_configurations("two-hooks"):
+        base_api.put(obj["kind"].lower() + "s", copy.deepcopy(obj))
+    config = base_api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    assert len(run(config).webhooks) == 2
+    base_api.delete("validatingwebhookconfigurations", HOOK)
+    assert run(config).webhooks == [("MutatingWebhookConfiguration", HOOK, "unchanged")]
+
+
+def test_rbac_without_the_validating_configuration_would_fail_loudly(base_api: FakeKubeAPI, tmp_path: Path) -> None:
+    """Why the base's RBAC keeps validatingwebhookconfigurations: bootstrap asks for it by name in every install,
+    and a 403 is an error (exit 2), never taken for "not installed" (which would leave the two-hook install's
+    validating hooks without a caBundle, failing open)."""
+    trimmed = []
+    for namespace, rules in rendered_roles("base"):
+        kept = []
+        for rule in rules:
+            if "validatingwebhookconfigurations" in rule.get("resources", []):
+                rule = {**rule, "resources": [r for r in rule["resources"] if r != "validatingwebhookconfigurations"]}
+            kept.append(rule)
+        trimmed.append((namespace, kept))
+    assert trimmed != rendered_roles("base")
+    base_api.rbac = trimmed
+    with pytest.raises(BootstrapError, match="cannot get validatingwebhookconfigurations") as err:
+        run(base_api.kubeconfig(tmp_path / "kubeconfig", namespace=NS))
+    assert err.value.code == 2

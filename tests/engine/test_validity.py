@@ -248,6 +248,43 @@ def test_pod_update_gets_no_patch() -> None:
     assert d.patch == [] and pod_update_errors(old, new) == []
 
 
+@pytest.mark.parametrize(
+    "added",
+    [
+        [{"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "effect": "NoSchedule"}],
+        [{"key": "spreadguard.io/team", "operator": "Equal", "value": "nlp", "effect": "NoSchedule"}],
+        [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        [],
+    ],
+    ids=["own-team", "foreign-team", "other", "none"],
+)
+def test_admit_answers_a_pod_update_without_a_patch(added: list[dict[str, Any]]) -> None:
+    """The base's pods hook calls /admit on Pod UPDATEs that change tolerations: whatever it answers, the pod
+    as the API server would store it passes ValidatePodSpecUpdate (no patch at all; the update itself only adds
+    tolerations)."""
+    from webhook.server.review import review
+
+    old = example("pod.yaml")
+    new = copy.deepcopy(old)
+    new["spec"]["tolerations"] = [*(old["spec"].get("tolerations") or []), *added]
+    body = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "ml",
+            "operation": "UPDATE",
+            "userInfo": {"username": "mallory"},
+            "object": new,
+            "oldObject": old,
+        },
+    }
+    response = review(body, POLICIES, "admit")["response"]
+    assert "patch" not in response
+    assert pod_update_errors(old, new) == []
+
+
 # ------------------------------------------------------------- spread constraints and affinity
 
 

@@ -135,15 +135,25 @@ def test_every_expression_compiles(vap: dict) -> None:
     } == set(COMPILED_RULES)
 
 
-WEBHOOKS = [d for d in yaml.safe_load_all((REPO / "manifests" / "base" / "webhooks.yaml").read_text()) if d]
+# The base's hooks (one MutatingWebhookConfiguration, on /admit) and the validating hooks of the opt-in two-hook
+# install (manifests/components/validate-after-mutation).
+WEBHOOKS = [
+    d
+    for f in ("base/webhooks.yaml", "components/validate-after-mutation/validating-webhooks.yaml")
+    for d in yaml.safe_load_all((REPO / "manifests" / f).read_text())
+    if d
+]
 
 
 def _hook(config: str, name: str) -> dict:
     return next(h for d in WEBHOOKS if d["kind"] == config for h in d["webhooks"] if h["name"] == name)
 
 
-def test_backstop_excludes_what_the_webhooks_exclude() -> None:
-    pods = _hook("ValidatingWebhookConfiguration", "pods.spreadguard.io")
+@pytest.mark.parametrize("config", ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"])
+def test_backstop_excludes_what_the_webhooks_exclude(config: str) -> None:
+    """The Pod backstop sends what the judging pods hook gets: the base's (/admit) and the two-hook install's
+    validating one (/validate), same namespaces, same conditions (Pod UPDATEs: only toleration changes)."""
+    pods = _hook(config, "pods.spreadguard.io")
     assert VAP["spec"]["matchConstraints"]["namespaceSelector"] == pods["namespaceSelector"]
     hook_conditions = {c["name"]: c["expression"] for c in pods["matchConditions"]}
     for condition in VAP["spec"]["matchConditions"]:

@@ -12,6 +12,7 @@ import copy
 import fnmatch
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -34,7 +35,11 @@ RENDERS = {
     "base": MANIFESTS / "base",
     "dryrun": MANIFESTS / "overlays" / "dryrun",
     "cert-manager": MANIFESTS / "overlays" / "cert-manager",
+    "two-hooks": MANIFESTS / "overlays" / "two-hooks",
+    "two-hooks-cert-manager": MANIFESTS / "overlays" / "two-hooks-cert-manager",
 }
+# The installs with the validating configuration (the opt-in two-hook install); the others have one call per object.
+TWO_HOOKS = ("two-hooks", "two-hooks-cert-manager")
 K8S_VERSION = "1.32"
 NAMESPACE = "spreadguard"
 SYSTEM_NAMESPACES = {"kube-system", "kube-node-lease", NAMESPACE}
@@ -78,8 +83,17 @@ def all_of(objects: list[dict], kind: str) -> list[dict]:
 
 
 def hooks(objects: list[dict]) -> list[tuple[str, dict]]:
-    """``(configuration kind, webhook)`` for every webhook of both configurations."""
+    """``(configuration kind, webhook)`` for every webhook of every webhook configuration rendered."""
     return [(cfg["kind"], h) for kind in WEBHOOK_KINDS for cfg in all_of(objects, kind) for h in cfg["webhooks"]]
+
+
+def path_of(hook: dict) -> str:
+    return str(hook["clientConfig"]["service"]["path"])
+
+
+def judges(hook: dict) -> bool:
+    """Whether the hook's answer can deny: /admit (the base) and /validate (two-hook install), not /mutate."""
+    return path_of(hook) in ("/admit", "/validate")
 
 
 def pod_spec(objects: list[dict]) -> dict:
@@ -174,15 +188,99 @@ def test_webhooks_point_at_the_service() -> None:
     assert container_port == 8443
     pod_labels = one(objects, "Deployment", "spreadguard")["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items())
-    assert len(hooks(objects)) == 4
-    for kind, hook in hooks(objects):
-        path = "/mutate" if kind == "MutatingWebhookConfiguration" else "/validate"
-        assert hook["clientConfig"] == {
-            "service": {"namespace": NAMESPACE, "name": service["metadata"]["name"], "path": path, "port": 443}
-        }, "no caBundle in the manifests: bootstrap (or cert-manager) owns it, and apply leaves it alone"
+    for name, paths in (
+        ("manifests", {"MutatingWebhookConfiguration": "/admit"}),
+        ("two-hooks", {"MutatingWebhookConfiguration": "/mutate", "ValidatingWebhookConfiguration": "/validate"}),
+    ):
+        assert [kind for kind, _hook in hooks(render(name))] == [k for k in paths for _ in range(2)], name
+        for kind, hook in hooks(render(name)):
+            assert hook["clientConfig"] == {
+                "service": {
+                    "namespace": NAMESPACE,
+                    "name": service["metadata"]["name"],
+                    "path": paths[kind],
+                    "port": 443,
+                }
+            }, "no caBundle in the manifests: bootstrap (or cert-manager) owns it, and apply leaves it alone"
 
 
-@pytest.mark.parametrize("name", ["manifests", "dryrun", "cert-manager"])
+def test_base_calls_spreadguard_once_per_object() -> None:
+    """The base: one MutatingWebhookConfiguration, no validating one; both hooks on /admit; the pods hook on
+    CREATE and on the Pod UPDATEs that change tolerations (judged as /validate judged them)."""
+    objects = render()
+    assert not all_of(objects, "ValidatingWebhookConfiguration")
+    mutating = one(objects, "MutatingWebhookConfiguration", "spreadguard")
+    assert [(h["name"], path_of(h)) for h in mutating["webhooks"]] == [
+        ("workloads.spreadguard.io", "/admit"),
+        ("pods.spreadguard.io", "/admit"),
+    ]
+    pods = mutating["webhooks"][1]
+    assert [(r["resources"], r["operations"]) for r in pods["rules"]] == [(["pods"], ["CREATE", "UPDATE"])]
+    assert [c["name"] for c in pods["matchConditions"]] == [
+        "not-control-plane-user",
+        "not-daemonset-pod",
+        "pod-update-changes-tolerations",
+    ]
+    for name in RENDERS:
+        if name not in TWO_HOOKS:
+            assert not all_of(render(name), "ValidatingWebhookConfiguration"), name
+
+
+def test_two_hooks_overlay_is_the_base_split_in_two() -> None:
+    """manifests/overlays/two-hooks is the install as it was before the single hook became the base: everything
+    but the webhook configurations as in the base; mutating hooks on /mutate, the pods hook on CREATE only; the
+    validating hooks on /validate with the base's settings, conditions and rules, but for the scale subresources
+    (a Scale only ever gets warnings, which the mutating hook gives)."""
+    base, two = render(), render("two-hooks")
+    configs = set(WEBHOOK_KINDS)
+    assert [o for o in two if o["kind"] not in configs] == [o for o in base if o["kind"] not in configs]
+    mutating = copy.deepcopy(one(base, "MutatingWebhookConfiguration"))
+    expected_validating = copy.deepcopy(mutating)
+    for hook in mutating["webhooks"]:
+        hook["clientConfig"]["service"]["path"] = "/mutate"
+    pods = mutating["webhooks"][1]
+    pods["rules"][0]["operations"] = ["CREATE"]
+    pods["matchConditions"] = [c for c in pods["matchConditions"] if c["name"] != "pod-update-changes-tolerations"]
+    assert one(two, "MutatingWebhookConfiguration") == mutating
+    expected_validating["kind"] = "ValidatingWebhookConfiguration"
+    for hook in expected_validating["webhooks"]:
+        hook["clientConfig"]["service"]["path"] = "/validate"
+        del hook["reinvocationPolicy"]
+        hook["rules"] = [r for r in hook["rules"] if not all(x.endswith("/scale") for x in r["resources"])]
+    assert one(two, "ValidatingWebhookConfiguration") == expected_validating
+
+
+@pytest.mark.parametrize("overlay", ["dryrun", "production"])
+def test_two_hook_component_composes_with_the_other_overlays(overlay: str, tmp_path: Path) -> None:
+    """An overlay of your own (docs/install.md): another overlay plus components/validate-after-mutation gives
+    that overlay with the two-hook webhook configurations."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    up = Path(os.path.relpath(MANIFESTS, tmp_path))  # kustomize takes no absolute path to a kustomization
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(up / "overlays" / overlay)],
+                "components": [str(up / "components" / "validate-after-mutation")],
+            }
+        )
+    )
+    done = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    plain = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
+    assert plain.returncode == 0, plain.stderr
+    configs = set(WEBHOOK_KINDS)
+    expected = [d for d in yaml.safe_load_all(plain.stdout) if d and d["kind"] not in configs]
+    assert [o for o in objects if o["kind"] not in configs] == expected
+    assert [o for o in objects if o["kind"] in configs] == [o for o in render("two-hooks") if o["kind"] in configs]
+
+
+@pytest.mark.parametrize("name", ["manifests", "dryrun", "cert-manager", *TWO_HOOKS])
 def test_webhooks_carry_every_exclusion_and_setting(name: str) -> None:
     objects = render(name)
     assert {cfg["metadata"]["name"] for kind in WEBHOOK_KINDS for cfg in all_of(objects, kind)} == {"spreadguard"}
@@ -211,7 +309,7 @@ def test_webhooks_carry_every_exclusion_and_setting(name: str) -> None:
         for rule in hook["rules"]:
             assert rule["scope"] == "Namespaced", where
             assert "*" not in rule["resources"] and "*" not in rule["apiGroups"], where
-            pod_update = kind == "ValidatingWebhookConfiguration"  # judges tolerations added to existing pods
+            pod_update = judges(hook)  # /admit and /validate judge tolerations added to existing pods
             wanted = {"CREATE"} if rule["resources"] == ["pods"] and not pod_update else {"CREATE", "UPDATE"}
             if all(r.endswith("/scale") for r in rule["resources"]):
                 wanted = {"UPDATE"}  # a scale subresource is only ever updated
@@ -230,9 +328,11 @@ def _plural(kind: workloads.Kind) -> str:
     return kind.kind.lower() + "s"
 
 
-def test_webhooks_cover_every_kind_spreadguard_understands() -> None:
-    objects = render()
-    for config_kind in WEBHOOK_KINDS:
+@pytest.mark.parametrize("name", ["manifests", "two-hooks"])
+def test_webhooks_cover_every_kind_spreadguard_understands(name: str) -> None:
+    objects = render(name)
+    assert hooks(objects)
+    for config_kind in {k for k, _hook in hooks(objects)}:
         hook_list = [h for k, h in hooks(objects) if k == config_kind]
         for kind in workloads.KINDS.values():
             assert _covered(hook_list, kind.group, _plural(kind), "CREATE"), f"{config_kind}: {kind}"
@@ -286,10 +386,12 @@ def _pod_request(**changes: Any) -> dict:
     return request
 
 
-def test_match_conditions_skip_daemonset_pods_and_system_users_only() -> None:
+@pytest.mark.parametrize("name", ["manifests", "two-hooks"])
+def test_match_conditions_skip_daemonset_pods_and_system_users_only(name: str) -> None:
     """Evaluated with cel-python: every captured request reaches spreadguard; DaemonSet pods, the API server's
     loopback user and kubelets do not; a DELETE (object null) evaluates without error."""
-    objects = render()
+    objects = render(name)
+    assert hooks(objects)
     captured = [json.loads(p.read_text())["request"] for p in sorted(FIXTURES_DIR.glob("*.json"))]
     assert captured, f"no captured requests in {FIXTURES_DIR}"
     for kind, hook in hooks(objects):
@@ -341,18 +443,25 @@ OWN = {"key": "spreadguard.io/team", "operator": "Equal", "value": "vision", "ef
     ],
     ids=["added-to-none", "appended", "label-only", "finalizer-only"],
 )
-def test_pod_updates_reach_validation_only_when_tolerations_change(old: Any, new: Any, meta: dict, sent: bool) -> None:
-    """cel-python: the validating pods hook gets a pod UPDATE exactly when the tolerations differ; the mutating
-    hooks never get pod UPDATEs (spreadguard adds nothing to an existing pod)."""
+@pytest.mark.parametrize("name", ["manifests", "two-hooks"])
+def test_pod_updates_reach_the_judging_hook_only_when_tolerations_change(
+    name: str, old: Any, new: Any, meta: dict, sent: bool
+) -> None:
+    """cel-python: the pods hook that judges (/admit in the base, /validate in the two-hook install) gets a pod
+    UPDATE exactly when the tolerations differ; a /mutate hook never gets pod UPDATEs (it adds nothing to an
+    existing pod). Exactly one pods hook judges in each install."""
     request = _pod_update(old, new, **meta)
-    for kind, hook in hooks(render()):
+    judging = 0
+    for kind, hook in hooks(render(name)):
         if not any("pods" in rule["resources"] for rule in hook["rules"]):
             continue
         covered = any("UPDATE" in rule["operations"] for rule in hook["rules"])
-        if kind == "MutatingWebhookConfiguration":
-            assert not covered, hook["name"]
+        if not judges(hook):
+            assert not covered, f"{kind} {hook['name']}"
         else:
-            assert covered and _sent(_condition_programs(hook), request) is sent, hook["name"]
+            judging += 1
+            assert covered and _sent(_condition_programs(hook), request) is sent, f"{kind} {hook['name']}"
+    assert judging == 1
 
 
 def test_own_namespace_is_excluded_twice() -> None:
@@ -369,7 +478,7 @@ def _rules(objects: list[dict]) -> list[tuple[dict, dict]]:
     return [(role, rule) for role in roles for rule in role["rules"]]
 
 
-@pytest.mark.parametrize("name", ["manifests", "cert-manager"])
+@pytest.mark.parametrize("name", ["manifests", "cert-manager", *TWO_HOOKS])
 def test_rbac_has_no_wildcards_and_writes_only_its_own_objects(name: str) -> None:
     objects = render(name)
     webhook_names = {cfg["metadata"]["name"] for kind in WEBHOOK_KINDS for cfg in all_of(objects, kind)}
@@ -512,9 +621,12 @@ def test_grant_key_is_a_secret_only_the_server_reads(name: str) -> None:
             assert names and "spreadguard-grant-key" not in names, f"{role['metadata']['name']} can read the key"
 
 
+@pytest.mark.parametrize("name", ["manifests", "two-hooks"])
 @pytest.mark.parametrize("where", ["init", "cronjob"])
-def test_bootstrap_command_matches_the_objects_it_manages(where: str) -> None:
-    objects = render()
+def test_bootstrap_command_matches_the_objects_it_manages(where: str, name: str) -> None:
+    """The same command line serves both installs: bootstrap sets the caBundle of every configuration of the
+    given name that exists (the validating one only in the two-hook install)."""
+    objects = render(name)
     if where == "init":
         c = container(objects, "certs-bootstrap", init=True)
     else:
@@ -630,8 +742,9 @@ def test_spreadguard_passes_its_own_policies() -> None:
 # --- cert-manager overlay -----------------------------------------------------------------------------------------
 
 
-def test_cert_manager_overlay_replaces_bootstrap() -> None:
-    objects = render("cert-manager")
+@pytest.mark.parametrize(("name", "plain"), [("cert-manager", "manifests"), ("two-hooks-cert-manager", "two-hooks")])
+def test_cert_manager_overlay_replaces_bootstrap(name: str, plain: str) -> None:
+    objects = render(name)
     certificates = {c["metadata"]["name"]: c for c in objects if c["kind"] == "Certificate"}
     issuers = {i["metadata"]["name"]: i for i in objects if i["kind"] == "Issuer"}
     tls = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "tls")["secret"]
@@ -644,8 +757,10 @@ def test_cert_manager_overlay_replaces_bootstrap() -> None:
     ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
     ca = next(c for c in certificates.values() if c["spec"]["secretName"] == ca_issuer["spec"]["ca"]["secretName"])
     assert ca["spec"]["isCA"] is True and ca["spec"]["issuerRef"]["name"] in issuers
-    for kind in WEBHOOK_KINDS:
-        annotations = one(objects, kind)["metadata"]["annotations"]
+    configurations = [cfg for kind in WEBHOOK_KINDS for cfg in all_of(objects, kind)]
+    assert len(configurations) == (2 if name in TWO_HOOKS else 1)
+    for cfg in configurations:  # cert-manager's CA injector writes the caBundle of every configuration
+        annotations = cfg["metadata"]["annotations"]
         assert annotations["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{serving['metadata']['name']}"
     assert not pod_spec(objects).get("initContainers")
     assert not all_of(objects, "CronJob")
@@ -653,8 +768,12 @@ def test_cert_manager_overlay_replaces_bootstrap() -> None:
     assert not [b for b in all_of(objects, "RoleBinding")]
     without_cert_manager = [o for o in objects if not o["apiVersion"].startswith("cert-manager.io/")]
     assert {(o["kind"], o["metadata"]["name"]) for o in without_cert_manager} <= {
-        (o["kind"], o["metadata"]["name"]) for o in render()
+        (o["kind"], o["metadata"]["name"]) for o in render(plain)
     }
+    strip = [o for o in objects if o["kind"] in WEBHOOK_KINDS]
+    for cfg in strip:
+        del cfg["metadata"]["annotations"]
+    assert strip == [o for o in render(plain) if o["kind"] in WEBHOOK_KINDS]
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------------------------
@@ -734,6 +853,9 @@ def test_install_doc_covers_the_install() -> None:
         "kubectl apply -k manifests/",
         "kubectl apply -k manifests/overlays/dryrun",
         "kubectl apply -k manifests/overlays/cert-manager",
+        "kubectl apply -k manifests/overlays/two-hooks",
+        "manifests/overlays/two-hooks-cert-manager",
+        "manifests/components/validate-after-mutation",
         "--dry-run=server",
         "kubectl delete validatingwebhookconfiguration spreadguard",
         "kubectl delete mutatingwebhookconfiguration spreadguard",

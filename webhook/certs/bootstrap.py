@@ -10,7 +10,11 @@ CronJob (``manifests/base``); safe to run any number of times, from several pods
 3. Create or update the Secret. A 409 (another pod created or renewed it first) re-reads it and starts over,
    which normally keeps theirs.
 4. Set ``caBundle`` on every webhook of each named Mutating/ValidatingWebhookConfiguration where it differs: a
-   strategic merge patch by webhook name that carries the ``resourceVersion`` (409: re-read, start over).
+   strategic merge patch by webhook name that carries the ``resourceVersion`` (409: re-read, start over). A kind
+   with no configuration of that name (404) is skipped: the base install has only the MutatingWebhookConfiguration,
+   the two-hook install (``manifests/overlays/two-hooks``) both, under the same name and command line. A name
+   found under neither kind is an error; so is a 403 on either (never read as "not installed": a configuration
+   left without its caBundle fails every call, and fails open).
 
 Nothing is written when nothing changed. When a new CA replaces one that has not expired yet, the bundle
 (``ca.crt`` and ``caBundle``) keeps the old CA after the new one until it expires, so servers still presenting
@@ -346,7 +350,7 @@ def ensure_secret(
 
 
 def ensure_ca_bundle(kube: Kube, names: Sequence[str], bundle: bytes) -> list[tuple[str, str, str]]:
-    """Set ``caBundle`` on every webhook of the named configurations (both kinds) where it differs."""
+    """Set ``caBundle`` on every webhook of the named configurations (each kind that exists) where it differs."""
     wanted = base64.b64encode(bundle).decode("ascii")
     done: list[tuple[str, str, str]] = []
     for name in names:

@@ -64,7 +64,8 @@ def register(sub: Any) -> None:
         description="Create, keep or renew the CA and serving certificate in a kubernetes.io/tls Secret (ca.crt, "
         "ca.key, tls.crt, tls.key; DNS SANs SERVICE, SERVICE.NAMESPACE, SERVICE.NAMESPACE.svc and "
         "SERVICE.NAMESPACE.svc.cluster.local), then set the caBundle of every webhook in the named "
-        "Mutating/ValidatingWebhookConfigurations. A certificate valid for longer than --renew-before is kept; "
+        "Mutating/ValidatingWebhookConfigurations (each kind that exists under the name: the base install has "
+        "only the mutating one). A certificate valid for longer than --renew-before is kept; "
         "otherwise it is renewed from the same CA. Writes nothing when nothing changed; safe to run from several "
         "pods at once. Exit code: 0 done, 1 the API server could not be reached or the work not finished, "
         "2 bad arguments, no cluster configuration, or forbidden.",

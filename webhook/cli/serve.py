@@ -76,8 +76,9 @@ def register(sub: Any) -> None:
     serve_p = sub.add_parser(
         "serve",
         help="run the admission webhook server (gunicorn, TLS)",
-        description="Run the webhook: POST /mutate and /validate (AdmissionReview admission.k8s.io/v1; /admit does "
-        "both in one call for the single-hook install), "
+        description="Run the webhook: POST /admit (AdmissionReview admission.k8s.io/v1: the patch, or the denial, "
+        "and every warning, in one call: the base install), POST /mutate and /validate (the same answer in two "
+        "calls, for the two-hook install), "
         "GET /healthz, /readyz and /metrics, over TLS 1.2+ with HTTP keep-alive, served by gunicorn threaded workers.",
         epilog="example:\n  spreadguard serve --policies policies/ --tls-cert certs/tls.crt --tls-key certs/tls.key "
         "--bind 127.0.0.1:8443",

@@ -4,11 +4,11 @@
 answers it: it calls the engine and builds the response, nothing else (no HTTP, no metrics, no logs). The
 Flask routes, the tests and the benchmarks all call ``review``.
 
-``/mutate`` answers with the patch (and notes of what it adds as warnings); ``/validate`` answers
-with the denial (403, every violation named) or the warnings. Splitting them this way means the
-validating hook also judges what other mutating webhooks changed after ours. ``/admit`` is both in one
-call, for the single-hook install (``manifests/components/single-hook``): the patch, or the denial, and
-every warning; the API server calls it once per object instead of twice (docs/performance.md).
+``/admit`` answers in one call: the patch, or the denial (403, every violation named), and every warning;
+the base install's mutating hooks call it, once per object. ``/mutate`` (the patch, and notes of what it
+adds as warnings) and ``/validate`` (the denial or the warnings) split the same answer in two, for the
+opt-in two-hook install (``manifests/components/validate-after-mutation``), whose validating hook also
+judges what other mutating webhooks changed after spreadguard's reinvocation (docs/install.md).
 
 Strict JSON: ``NaN``/``Infinity`` and duplicate keys are malformed (the API server never sends them; a
 duplicate key would let the object we judge differ from the one stored), and so is nesting deeper than
