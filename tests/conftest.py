@@ -285,14 +285,14 @@ def dedicated_server(tmp_path: Path) -> Iterator[Any]:
     """
     started: list[Server] = []
 
-    def start(tls: TLSFiles, policies: Path, *extra: str, name: str = "serve") -> Server:
-        srv = start_server(tls, policies, tmp_path / f"{name}.log", *extra)
+    def start(tls: TLSFiles, policies: Path, *extra: str, name: str = "serve", workers: int = 2) -> Server:
+        srv = start_server(tls, policies, tmp_path / f"{name}.log", *extra, "--workers", str(workers))
         started.append(srv)
-        # /readyz answers as soon as one worker serves; tests that count per worker need both (2) up
+        # /readyz answers as soon as one worker serves; tests that count per worker need them all up
         wait_for(
-            lambda: sum(1 for line in json_log_lines(srv.log_text()) if line.get("msg") == "worker ready") >= 2,
+            lambda: sum(1 for line in json_log_lines(srv.log_text()) if line.get("msg") == "worker ready") >= workers,
             READY_TIMEOUT,
-            "both workers to be ready",
+            f"{workers} worker(s) to be ready",
             server=srv,
         )
         return srv

@@ -296,3 +296,153 @@ def test_large_unfinished_bodies_do_not_grow_memory_without_bound(small_server: 
             tls.close()
         for t in threads:
             t.join(10)
+
+
+# ------------------------------------------------------------------ admission requests answered in the main loop
+# (worker.py: a small admission POST is decided and answered by the worker's event loop, not a thread)
+
+
+def api_server_body(review: dict) -> bytes:
+    """A review as the API server writes it: compact JSON and a newline (tests/data/admission is byte for byte so)."""
+    return json.dumps(review, separators=(",", ":")).encode() + b"\n"
+
+
+def post(path: str, body: bytes, *headers: str, version: str = "HTTP/1.1") -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    head = (
+        f"POST {path} {version}\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+GPU_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "w-0", "namespace": "ml", "labels": {"app": "trainer"}},
+    "spec": {"containers": [{"name": "c", "image": "pytorch", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+}
+
+
+@pytest.mark.parametrize("path", ["/admit?timeout=5s", "/mutate?timeout=10s", "/validate?timeout=5s"])
+def test_admission_paths_with_the_api_servers_timeout_query_are_answered(
+    server: Server, tls_files: TLSFiles, path: str
+) -> None:
+    """The API server calls ``<path>?timeout=<webhook timeout>``: the query is not part of the endpoint."""
+    with tls_client(server, context_for(tls_files)) as tls:
+        tls.sendall(post(path, api_server_body(admission_review(GPU_POD, "query-1"))))
+        status, answer = read_response(tls)
+    assert status == 200
+    assert answer["kind"] == "AdmissionReview" and answer["response"]["uid"] == "query-1"
+    assert answer["response"]["allowed"] is True
+
+
+@pytest.mark.parametrize(
+    "headers, version",
+    [(("Connection: close",), "HTTP/1.1"), ((), "HTTP/1.0"), (("Connection: keep-alive, close",), "HTTP/1.1")],
+    ids=["http11-close", "http10", "close-among-tokens"],
+)
+def test_a_request_that_asks_for_close_gets_its_answer_then_the_connection_closes(
+    server: Server, tls_files: TLSFiles, headers: tuple[str, ...], version: str
+) -> None:
+    with tls_client(server, context_for(tls_files)) as tls:
+        tls.sendall(post("/admit", api_server_body(admission_review(GPU_POD, "close-1")), *headers, version=version))
+        resp = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        resp.begin()
+        answer = json.loads(resp.read())
+        assert resp.status == 200 and answer["response"]["uid"] == "close-1"
+        assert (resp.getheader("Connection") or "").lower() == "close"
+        assert closed_by_server(tls, 5.0)
+
+
+def test_http10_keep_alive_stays_open(server: Server, tls_files: TLSFiles) -> None:
+    with tls_client(server, context_for(tls_files)) as tls:
+        for i in range(3):
+            body = api_server_body(admission_review(GPU_POD, f"ka-{i}"))
+            tls.sendall(post("/admit", body, "Connection: keep-alive", version="HTTP/1.0"))
+            status, answer = read_response(tls)
+            assert (status, answer["response"]["uid"]) == (200, f"ka-{i}")
+
+
+def test_more_pipelined_requests_than_one_turn_are_all_answered_in_order(server: Server, tls_files: TLSFiles) -> None:
+    count = worker.INLINE_BURST * 3 + 1
+    data = b"".join(post("/admit", api_server_body(admission_review(POD, f"burst-{i}"))) for i in range(count))
+    assert len(data) < worker.SMALL_REQUEST_BYTES  # all answered in the main loop, several turns
+    with tls_client(server, context_for(tls_files)) as tls:
+        tls.sendall(data)
+        answers = [read_response(tls) for _ in range(count)]
+    assert [(s, a["response"]["uid"]) for s, a in answers] == [(200, f"burst-{i}") for i in range(count)]
+
+
+def decided_order(srv: Server, uids: set[str]) -> list[str]:
+    """The uids of ``uids`` in the order the server logged their decisions."""
+    lines = json_log_lines(srv.log_text())
+    return [line["uid"] for line in lines if line.get("logger") == "spreadguard.admission" and line.get("uid") in uids]
+
+
+def test_a_pipelining_client_does_not_hold_up_another(tls_files: TLSFiles, dedicated_server: Any) -> None:
+    """One worker: a client that sends many requests at once gets them answered INLINE_BURST at a time, with the
+    other connections' requests in between; a second client's request is not answered after all of them."""
+    srv = dedicated_server(tls_files, POLICIES_DIR, name="fair", workers=1)
+    context = context_for(tls_files)
+    many = 100
+    tries = []
+    for attempt in range(3):  # the second client's bytes must arrive while the first's are decided: on a busy
+        # machine this process may be descheduled between the two sends; an unfair worker loses every try
+        reviews = [admission_review(GPU_POD, f"a{attempt}-{i}") for i in range(many)]
+        data = b"".join(post("/admit", api_server_body(r)) for r in reviews)
+        assert len(data) < worker.SMALL_REQUEST_BYTES
+        with tls_client(srv, context) as first, tls_client(srv, context) as second:
+            first.sendall(data)
+            second.sendall(post("/admit", api_server_body(admission_review(GPU_POD, f"b-{attempt}"))))
+            status, answer = read_response(second)
+            assert (status, answer["response"]["uid"]) == (200, f"b-{attempt}")
+            uids = [read_response(first)[1]["response"]["uid"] for _ in range(many)]
+            assert uids == [f"a{attempt}-{i}" for i in range(many)]
+        order = wait_for(
+            lambda a=attempt: (o := decided_order(srv, {f"b-{a}", f"a{a}-{many - 1}"})) and len(o) == 2 and o,
+            10,
+            "both decisions logged",
+            server=srv,
+        )
+        tries.append(order)
+        if order[0] == f"b-{attempt}":
+            return
+    pytest.fail(f"the second client was answered after all of the first's {many} requests, every time: {tries}")
+
+
+def test_a_client_that_does_not_read_its_answers_is_cut_and_holds_nothing_up(
+    tls_files: TLSFiles, dedicated_server: Any, tmp_path: Path
+) -> None:
+    """Answers are written without blocking: one that cannot be written waits for the socket, and the
+    connection is closed WRITE_SECONDS after the answer was ready."""
+    srv = dedicated_server(tls_files, POLICIES_DIR, "--metrics-dir", str(tmp_path / "m"), name="reader", workers=1)
+    context = context_for(tls_files)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's writes back up
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", srv.port))
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    body = api_server_body(admission_review(GPU_POD, "stuck"))
+    request = post("/mutate", body)
+    sent = 0
+    try:
+        tls.settimeout(0.5)
+        while sent < 400:  # requests until the server stops taking them (its answers are not read)
+            try:
+                tls.sendall(request)
+            except TimeoutError:
+                break
+            sent += 1
+        started = time.monotonic()
+        took = [fresh_request(srv, context, f"meanwhile-{i}") for i in range(3)]
+        assert max(took) < 2.0, took
+        wait_for(
+            lambda: metric(scrape(srv), "spreadguard_connections_refused_total", reason="write_timeout") >= 1,
+            worker.WRITE_SECONDS + 5,
+            "the stuck connection to be cut",
+            server=srv,
+        )
+        assert time.monotonic() - started >= worker.WRITE_SECONDS - 1.5
+    finally:
+        tls.close()

@@ -43,9 +43,26 @@ STRICT = [
 ]
 
 
-@pytest.mark.parametrize("body, words", [s[1:] for s in STRICT], ids=[s[0] for s in STRICT])
-@pytest.mark.parametrize("endpoint", ["/mutate", "/validate"])
+# the same, written as the API server writes (compact, a newline at the end): the fast path's refusals
+_COMPACT = json.dumps(admission_review(POD, "strict-1"), separators=(",", ":")) + "\n"
+STRICT_COMPACT = [
+    (f"{name}-compact", _COMPACT.replace(old, new, 1), words)
+    for name, old, new, words in [
+        ("nan", '"nvidia.com/gpu":"1"', '"nvidia.com/gpu":NaN', "NaN"),
+        ("infinity", '"nvidia.com/gpu":"1"', '"nvidia.com/gpu":Infinity', "Infinity"),
+        ("replicas-nan", '"spec":{', '"spec":{"replicas":NaN,', "NaN"),
+        ("duplicate-key", '"name":"trainer-0"', '"name":"trainer-0","name":"other"', "duplicate"),
+        ("duplicate-uid", '"uid":"strict-1"', '"uid":"strict-1","uid":"strict-2"', "duplicate"),
+    ]
+]
+
+
+@pytest.mark.parametrize(
+    "body, words", [s[1:] for s in STRICT + STRICT_COMPACT], ids=[s[0] for s in STRICT + STRICT_COMPACT]
+)
+@pytest.mark.parametrize("endpoint", ["/mutate", "/validate", "/admit"])
 def test_strict_json_is_a_400(server: Server, endpoint: str, body: str, words: str) -> None:
+    assert body not in (REVIEW, _COMPACT)  # the edit applied
     resp = server.post(endpoint, body.encode())
     assert resp.status_code == 400, resp.text[:300]
     payload = resp.json()

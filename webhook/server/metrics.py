@@ -99,7 +99,7 @@ class Metrics:
         )
         self.violations = Counter(
             "rule_violations",
-            "Rule findings reported on /validate, by rule id, policy and action (deny or warn).",
+            "Rule findings reported on /admit and /validate, by rule id, policy and action (deny or warn).",
             ["rule", "policy", "action"],
             namespace=NAMESPACE,
             registry=r,

@@ -72,6 +72,7 @@ MAX_HEADER_BYTES = 64 * 1024  # request line and headers
 # the worker stops reading from it (TCP pushes back on the client) until one frees, within its deadline.
 SMALL_REQUEST_BYTES = 64 * 1024
 LARGE_SLOTS = 2
+SEND_BUFFER_BYTES = 128 * 1024  # per connection (the kernel doubles it for its bookkeeping)
 INLINE_BURST = 16  # pipelined requests of one connection answered in a row before the others' turn
 _READ = 256 * 1024
 _SWEEP_SECONDS = 0.1
@@ -211,6 +212,9 @@ class BoundedWorker(gthread.ThreadWorker):
             client_sock.close()
             return
         try:
+            # the kernel memory a client that does not read its answers can hold (autotuning would let it
+            # grow to tcp_wmem's maximum, 4 MiB, per connection); answers are a few KiB
+            client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             context = gsock.ssl_context(self.cfg)
             conn = FrontConn(self.cfg, client_sock, client_addr, listener.getsockname(), context)
         except (OSError, ssl.SSLError, ValueError):
