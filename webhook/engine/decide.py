@@ -316,65 +316,72 @@ def _placed(group: Group, placement: dict[Path, str]) -> Group:
     return group if cls == group.placement else replace(group, placement=cls)
 
 
-def _targets(
-    copy: dict[str, Any],
-    workload: Workload,
-    only: list[Group] | None,
-    facts: WorkloadFacts,
-    policy: Policy,
-    ctx: Context,
-    exempt: _Exempt,
-    placement: dict[Path, str],
-) -> list[Target]:
-    """One target per group (``only`` those, when given), bound to its template inside ``copy``;
-    each group carries its class under ``policy``, and gang members their whole gang."""
-    ns_team, source = namespace_team(policy, ctx)
-    pairs = workload.templates_in(copy, only)
+@dataclass(frozen=True)
+class _Pass:
+    """One policy's pass over a workload: what its mutate and judge steps share, worked out once."""
+
+    policy: Policy
+    ctx: Context
+    facts: WorkloadFacts
+    exempt: _Exempt
+    placement: dict[Path, str]  # each group's class under the policy
+    gangs: dict[Path, classes.Gang]  # of the groups as submitted (their templates in ``workload.groups``)
+    team: tuple[str | None, str]  # ``namespace_team``: the namespace's team and where that comes from
+
+
+def _pass(workload: Workload, policy: Policy, ctx: Context, exempt: _Exempt, placement: dict[Path, str]) -> _Pass:
     everyone = [(m.group, m.template) for m in workload.groups]
-    gangs = classes.gangs(everyone, placement, policy.spec.gpuResources, workload.name)
+    gpu_resources = policy.spec.gpuResources
+    return _Pass(
+        policy=policy,
+        ctx=ctx,
+        facts=workload.facts(gpu_resources),
+        exempt=exempt,
+        placement=placement,
+        gangs=classes.gangs(everyone, placement, gpu_resources, workload.name),
+        team=namespace_team(policy, ctx),
+    )
+
+
+def _targets(copy: dict[str, Any], workload: Workload, only: list[Group] | None, run: _Pass) -> list[Target]:
+    """One target per group (``only`` those, when given), bound to its template inside ``copy``;
+    each group carries its class under the pass's policy, and gang members their whole gang."""
+    ns_team, source = run.team
+    policy = run.policy
     return [
         Target(
             obj=copy,
             kind=workload.kind,
-            group=_placed(group, placement),
+            group=_placed(group, run.placement),
             template=template,
             workload_class=workload.workload_class,
             team=_team(copy, template, ns_team),
-            gpu=facts.gpu_by_group.get(group.path, False),
+            gpu=run.facts.gpu_by_group.get(group.path, False),
             policy_name=policy.name,
             policy=policy.spec,
-            context=ctx,
-            exempt=exempt.ids,
-            exempt_stamp=exempt.stamp,
+            context=run.ctx,
+            exempt=run.exempt.ids,
+            exempt_stamp=run.exempt.stamp,
             namespace_team=ns_team,
             namespace_team_source=source,
-            gang=gangs.get(group.path),
+            gang=run.gangs.get(group.path),
         )
-        for group, template in pairs
+        for group, template in workload.templates_in(copy, only)
     ]
 
 
-def _judged(
-    mutated: dict[str, Any],
-    workload: Workload,
-    touched: list[Group],
-    facts: WorkloadFacts,
-    policy: Policy,
-    ctx: Context,
-    exempt: _Exempt,
-    placement: dict[Path, str],
-) -> list[Target]:
+def _judged(mutated: dict[str, Any], workload: Workload, touched: list[Group], run: _Pass) -> list[Target]:
     """Targets for the rules: every group as its pods will be. Groups left untouched on UPDATE get what
     the Pod backstop will add to their pods (team tolerations, health avoidance...) in a scratch copy,
     so that e.g. the eligible nodes of a rescaled group count its team's nodes."""
     if len(touched) == len(workload.groups):
-        return _targets(mutated, workload, None, facts, policy, ctx, exempt, placement)
+        return _targets(mutated, workload, None, run)
     scratch = _working_copy(mutated, workload)
     changed = {g.path for g in touched}
     untouched = [m.group for m in workload.groups if m.group.path not in changed]
     scope = PER_NODE_MUTATORS if workload.kind.per_node else None
-    _mutate(_targets(scratch, workload, untouched, facts, policy, ctx, exempt, placement), scope, [])
-    return _targets(scratch, workload, None, facts, policy, ctx, exempt, placement)
+    _mutate(_targets(scratch, workload, untouched, run), scope, [])
+    return _targets(scratch, workload, None, run)
 
 
 def _mutate(targets: list[Target], scope: frozenset[str] | None, info: list[str]) -> list[str]:
@@ -399,14 +406,36 @@ def _action(policy: Policy, rule_id: str, default: str) -> str:
     return cfg.action if cfg else default
 
 
+# The rules each policy runs, with their actions, by (policy, per-node kind): worked out once per loaded
+# policy, not on every request. Keyed by id() with the policy kept in the value (a reloaded set has new
+# objects, and an id is only reused once its object is gone); cleared when it grows past a few reloads.
+_ACTIVE: dict[tuple[int, bool], tuple[Policy, list[tuple[str, Any, str]]]] = {}
+_ACTIVE_MAX = 256
+
+
+def _active_rules(policy: Policy, per_node: bool) -> list[tuple[str, Any, str]]:
+    """(rule id, rule module, action) of the rules ``policy`` runs, in ``RULES`` order; none set to ``off``,
+    and on a per-node kind only the isolation rules."""
+    key = (id(policy), per_node)
+    hit = _ACTIVE.get(key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    active = []
+    for rule_id, rule in RULES.items():
+        action = _action(policy, rule_id, rule.DEFAULT_ACTION)
+        if action != "off" and not (per_node and rule_id not in PER_NODE_RULES):
+            active.append((rule_id, rule, action))
+    if len(_ACTIVE) >= _ACTIVE_MAX:
+        _ACTIVE.clear()
+    _ACTIVE[key] = (policy, active)
+    return active
+
+
 def _check(targets: list[Target], policy: Policy, kind: Kind) -> list[tuple[str, str, Target, Finding]]:
     """(rule id, action, target, finding) for every rule that fires; rules set to ``off`` are skipped, and on a
     per-node kind every rule but the isolation rules."""
     out: list[tuple[str, str, Target, Finding]] = []
-    for rule_id, rule in RULES.items():
-        action = _action(policy, rule_id, rule.DEFAULT_ACTION)
-        if action == "off" or (kind.per_node and rule_id not in PER_NODE_RULES):
-            continue
+    for rule_id, rule, action in _active_rules(policy, kind.per_node):
         for t in targets:
             if rule_id not in t.exempt:
                 out.extend((rule_id, action, t, f) for f in rule.check(t))
@@ -516,19 +545,17 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
         decision.policies.append(policy.name)
         decision.modes[policy.name] = mode
         exempt = _exemption(obj, workload, policy, ctx, mode, run, decision)
-        placement = _classes(workload, policy, decision.info)
+        this = _pass(workload, policy, ctx, exempt, _classes(workload, policy, decision.info))
         if mode == "dryrun":
             scratch = _working_copy(mutated, workload)
-            would = _mutate(_targets(scratch, workload, touched, facts, policy, ctx, exempt, placement), scope, [])
+            would = _mutate(_targets(scratch, workload, touched, this), scope, [])
             decision.dryrun.extend(f"dryrun {policy.name}: would add {n}" for n in would)
             decision.dryrun_patch.extend(_diff(mutated, scratch))
         else:
-            targets = _targets(mutated, workload, touched, facts, policy, ctx, exempt, placement)
+            targets = _targets(mutated, workload, touched, this)
             placement_owners |= {t.placement_owner for t in targets if t.placement_owner}
             decision.notes.extend(_mutate(targets, scope, decision.info))
-        for rule_id, action, target, f in _check(
-            _judged(mutated, workload, touched, facts, policy, ctx, exempt, placement), policy, workload.kind
-        ):
+        for rule_id, action, target, f in _check(_judged(mutated, workload, touched, this), policy, workload.kind):
             if added is None:
                 denies = mode == "enforce" and action == "deny" and target.group.path in judged
             elif rule_id in ISOLATION_RULE_IDS:
