@@ -19,8 +19,7 @@ in microseconds per call. The stages:
 - ``WSGI /<endpoint>``: the whole request through the app's WSGI callable, at ``--log-level warning`` and
   at ``info`` (the default) with multiprocess metrics;
 - ``inline /<endpoint>``: ``app.handle_raw``, what spreadguard's worker calls for an admission request it
-  answers in its main loop (no WSGI environ), at ``info``; then again after ``gc.freeze()``, as each
-  worker freezes what it loaded at start-up;
+  answers in its main loop (no WSGI environ), at ``info``;
 - ``do-nothing WSGI``: the baseline, measured in the same run: ``bench/noop_webhook.py`` (Flask, parses the
   review and allows it) called the same way. The ratios divide by it.
 
@@ -30,7 +29,6 @@ The servers' figure over TLS is ``bench/side_by_side.py``; this one shows what t
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import json
 import logging
@@ -162,8 +160,6 @@ def main() -> int:
         handler.setStream(sink)
     measure(f"WSGI /{endpoint}, log info", call)
     measure(f"inline /{endpoint}, log info", lambda: inline(endpoint, raw))
-    gc.freeze()  # what each worker does once it is up (app.worker_started)
-    measure(f"inline /{endpoint}, log info, gc frozen", lambda: inline(endpoint, raw))
     sink.close()
 
     base = figures["do-nothing WSGI (baseline)"]
