@@ -7,15 +7,15 @@
    and CPU time per call, which other processes on a shared machine inflate less than wall time).
 2. Starts the real server (``python -m webhook.cli serve``, gunicorn gthread, TLS) with certificates generated
    into a temporary directory, on a free port of 127.0.0.1, and waits for ``/readyz`` and every worker.
-3. Fixed rate: POST /mutate with the Pod at a fixed rate (default 300/s) from client processes, each with one
+3. Fixed rate: POST /admit with the Pod at a fixed rate (default 300/s) from client processes, each with one
    persistent TLS keep-alive connection; open loop, latency measured from each request's *scheduled* send
    time so that queueing is not hidden (no coordinated omission).
 4. Peak: closed loop, N keep-alive clients sending as fast as they can.
 5. Memory: RSS (and PSS) of the gunicorn master and of each worker, read from /proc after the load.
 6. When a goal is missed (or with --diagnose): where the time goes: cProfile of the engine plus direct timings
    of the library calls it makes, the Flask app called in-process (no socket, TLS or gunicorn), one request at a
-   time over HTTPS for /mutate and /healthz, and a GET /healthz peak run (HTTP+TLS+gunicorn without the engine);
-   from these, the server's CPU per /mutate request is split into engine, admission+Flask and HTTP+TLS+gunicorn.
+   time over HTTPS for /admit and /healthz, and a GET /healthz peak run (HTTP+TLS+gunicorn without the engine);
+   from these, the server's CPU per /admit request is split into engine, admission+Flask and HTTP+TLS+gunicorn.
 
 Before each phase the script waits (--quiet-wait, default 20 s) for the machine to be under 10% busy, and it
 reports the CPU other processes used during each phase, with a warning when that distorts the figures.
@@ -303,7 +303,7 @@ def _describe(func: tuple) -> str:
 
 
 def bench_wsgi(policies_dir: Path, body: bytes, iterations: int, time_limit: float) -> dict[str, Any]:
-    """The Flask app called in-process (no socket, no TLS, no gunicorn): us per /mutate and per /healthz."""
+    """The Flask app called in-process (no socket, no TLS, no gunicorn): us per /admit and per /healthz."""
     from webhook.server.app import create_app
 
     app = create_app(policies_dir)
@@ -338,7 +338,7 @@ def bench_wsgi(policies_dir: Path, body: bytes, iterations: int, time_limit: flo
         return status[0]
 
     out: dict[str, Any] = {}
-    for label, method, path, payload in (("mutate", "POST", "/mutate", body), ("healthz", "GET", "/healthz", b"")):
+    for label, method, path, payload in (("mutate", "POST", "/admit", body), ("healthz", "GET", "/healthz", b"")):
         status = call(method, path, payload)
         if not status.startswith("200"):
             raise BenchError(f"in-process {method} {path} answered {status}")
@@ -855,11 +855,11 @@ def render(res: dict[str, Any]) -> str:
         w = d["wsgi"]
         mutate_us, healthz_us = w["mutate"]["cpu_us"], w["healthz"]["cpu_us"]
         lines.append(
-            f"   Flask app in-process (no socket, TLS or gunicorn), CPU per request: /mutate {mutate_us:.0f} us, "
+            f"   Flask app in-process (no socket, TLS or gunicorn), CPU per request: /admit {mutate_us:.0f} us, "
             f"/healthz {healthz_us:.0f} us per request"
         )
         for key, label in (
-            ("mutate_serial", "one request at a time, POST /mutate"),
+            ("mutate_serial", "one request at a time, POST /admit"),
             ("healthz_serial", "one request at a time, GET /healthz "),
             ("healthz_peak", f"GET /healthz, {d['healthz_peak']['clients']} closed-loop clients "),
         ):
@@ -872,7 +872,7 @@ def render(res: dict[str, Any]) -> str:
             )
         s = d["split_ms"]
         lines += [
-            "   server CPU per POST /mutate (one request at a time), split:",
+            "   server CPU per POST /admit (one request at a time), split:",
             f"     engine evaluate()                    {s['engine']:.3f} ms",
             f"     admission JSON + Flask route         {s['app_without_engine']:.3f} ms",
             f"     HTTP + TLS + gunicorn (the rest)     {s['http_tls_gunicorn']:.3f} ms",
@@ -930,7 +930,7 @@ def diagnosis_notes(res: dict[str, Any]) -> list[str]:
     s = d["split_ms"]
     if s["server_total"] > 0:
         notes.append(
-            f"of the server's {s['server_total']:.2f} ms CPU per /mutate: engine "
+            f"of the server's {s['server_total']:.2f} ms CPU per /admit: engine "
             f"{s['engine'] / s['server_total'] * 100:.0f}%, admission+Flask "
             f"{s['app_without_engine'] / s['server_total'] * 100:.0f}%, HTTP+TLS+gunicorn "
             f"{s['http_tls_gunicorn'] / s['server_total'] * 100:.0f}%"
@@ -1023,7 +1023,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         progress("starting the server")
         server.start()
-        mutate = Target(server.port, server.cafile, "POST", "/mutate", pod_raw, uid)
+        mutate = Target(server.port, server.cafile, "POST", "/admit", pod_raw, uid)
         healthz = Target(server.port, server.cafile, "GET", "/healthz", b"", b'"ok"')
         progress(f"fixed rate: {args.rate:.0f}/s for {args.duration:.0f} s")
         res["fixed"] = load_phase(server, "fixed", mutate, args.rate_clients, args.duration, args.rate, quiet)
