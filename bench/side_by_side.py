@@ -13,7 +13,7 @@ sends them the same admission over TLS keep-alive connections, as the API server
 - the do-nothing webhook: one call per admission (one webhook), and also the same pair of calls.
 
 Bodies are written as the API server writes them (compact JSON, HTML characters escaped, a newline at the
-end: ``as_api_server_sends``, which reproduces every captured fixture byte for byte).
+end: ``review.api_server_bytes``, which reproduces every captured fixture byte for byte).
 
 Each measurement runs for ``--seconds`` per server, interleaved (A, B, A, B) to share the machine's noise,
 sequentially (one client) and with 8 concurrent clients (separate processes, one keep-alive connection
@@ -50,21 +50,6 @@ FIXTURES = REPO / "tests" / "data" / "admission"
 DEFAULT_OBJECT = "128-Pod-bert-worker-0-CREATE-mutate.json"
 TICK = os.sysconf("SC_CLK_TCK")
 NICE = int(os.environ.get("SIDE_BY_SIDE_NICE", "0"))
-
-
-def as_api_server_sends(review: Any) -> bytes:
-    """``review`` as a kube-apiserver writes it (Go's encoding/json: compact, ``<``, ``>``, ``&``, U+2028 and
-    U+2029 escaped, a newline at the end): the captured fixtures are byte for byte this."""
-    text = json.dumps(review, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(char, escape)
-    return text.encode() + b"\n"
 
 
 def free_port() -> int:
@@ -207,14 +192,14 @@ def main() -> int:
 
     sys.path.insert(0, str(REPO))
     from webhook.engine.policy import load_policies
-    from webhook.server.review import review
+    from webhook.server.review import api_server_bytes, review
 
     review_body = json.loads((FIXTURES / args.object).read_text())
     answer = review(review_body, load_policies(REPO / "policies"), "mutate")["response"]
     patch = json.loads(base64.b64decode(answer["patch"])) if "patch" in answer else []
     validate_body = copy.deepcopy(review_body)
     validate_body["request"]["object"] = jsonpatch.apply_patch(review_body["request"]["object"], patch)
-    mutate_raw, validate_raw = as_api_server_sends(review_body), as_api_server_sends(validate_body)
+    mutate_raw, validate_raw = api_server_bytes(review_body), api_server_bytes(validate_body)
 
     tmp = Path(tempfile.mkdtemp(prefix="side-by-side-"))
     py = [sys.executable]

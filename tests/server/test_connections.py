@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import POLICIES_DIR, Server, TLSFiles, admission_review, json_log_lines, metric, scrape, wait_for
 
+from webhook.server import review as admission
 from webhook.server import worker
 
 POD = {
@@ -302,9 +303,9 @@ def test_large_unfinished_bodies_do_not_grow_memory_without_bound(small_server: 
 # (worker.py: a small admission POST is decided and answered by the worker's event loop, not a thread)
 
 
-def api_server_body(review: dict) -> bytes:
-    """A review as the API server writes it: compact JSON and a newline (tests/data/admission is byte for byte so)."""
-    return json.dumps(review, separators=(",", ":")).encode() + b"\n"
+def sent_body(obj: dict, uid: str) -> bytes:
+    """The review of ``obj`` as the API server writes it (compact, escaped, a newline at the end)."""
+    return admission.api_server_bytes(admission_review(obj, uid))
 
 
 def post(path: str, body: bytes, *headers: str, version: str = "HTTP/1.1") -> bytes:
@@ -330,7 +331,7 @@ def test_admission_paths_with_the_api_servers_timeout_query_are_answered(
 ) -> None:
     """The API server calls ``<path>?timeout=<webhook timeout>``: the query is not part of the endpoint."""
     with tls_client(server, context_for(tls_files)) as tls:
-        tls.sendall(post(path, api_server_body(admission_review(GPU_POD, "query-1"))))
+        tls.sendall(post(path, sent_body(GPU_POD, "query-1")))
         status, answer = read_response(tls)
     assert status == 200
     assert answer["kind"] == "AdmissionReview" and answer["response"]["uid"] == "query-1"
@@ -346,7 +347,7 @@ def test_a_request_that_asks_for_close_gets_its_answer_then_the_connection_close
     server: Server, tls_files: TLSFiles, headers: tuple[str, ...], version: str
 ) -> None:
     with tls_client(server, context_for(tls_files)) as tls:
-        tls.sendall(post("/admit", api_server_body(admission_review(GPU_POD, "close-1")), *headers, version=version))
+        tls.sendall(post("/admit", sent_body(GPU_POD, "close-1"), *headers, version=version))
         resp = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
         resp.begin()
         answer = json.loads(resp.read())
@@ -358,7 +359,7 @@ def test_a_request_that_asks_for_close_gets_its_answer_then_the_connection_close
 def test_http10_keep_alive_stays_open(server: Server, tls_files: TLSFiles) -> None:
     with tls_client(server, context_for(tls_files)) as tls:
         for i in range(3):
-            body = api_server_body(admission_review(GPU_POD, f"ka-{i}"))
+            body = sent_body(GPU_POD, f"ka-{i}")
             tls.sendall(post("/admit", body, "Connection: keep-alive", version="HTTP/1.0"))
             status, answer = read_response(tls)
             assert (status, answer["response"]["uid"]) == (200, f"ka-{i}")
@@ -366,7 +367,7 @@ def test_http10_keep_alive_stays_open(server: Server, tls_files: TLSFiles) -> No
 
 def test_more_pipelined_requests_than_one_turn_are_all_answered_in_order(server: Server, tls_files: TLSFiles) -> None:
     count = worker.INLINE_BURST * 3 + 1
-    data = b"".join(post("/admit", api_server_body(admission_review(POD, f"burst-{i}"))) for i in range(count))
+    data = b"".join(post("/admit", sent_body(POD, f"burst-{i}")) for i in range(count))
     assert len(data) < worker.SMALL_REQUEST_BYTES  # all answered in the main loop, several turns
     with tls_client(server, context_for(tls_files)) as tls:
         tls.sendall(data)
@@ -390,11 +391,11 @@ def test_a_pipelining_client_does_not_hold_up_another(tls_files: TLSFiles, dedic
     for attempt in range(3):  # the second client's bytes must arrive while the first's are decided: on a busy
         # machine this process may be descheduled between the two sends; an unfair worker loses every try
         reviews = [admission_review(GPU_POD, f"a{attempt}-{i}") for i in range(many)]
-        data = b"".join(post("/admit", api_server_body(r)) for r in reviews)
+        data = b"".join(post("/admit", admission.api_server_bytes(r)) for r in reviews)
         assert len(data) < worker.SMALL_REQUEST_BYTES
         with tls_client(srv, context) as first, tls_client(srv, context) as second:
             first.sendall(data)
-            second.sendall(post("/admit", api_server_body(admission_review(GPU_POD, f"b-{attempt}"))))
+            second.sendall(post("/admit", sent_body(GPU_POD, f"b-{attempt}")))
             status, answer = read_response(second)
             assert (status, answer["response"]["uid"]) == (200, f"b-{attempt}")
             uids = [read_response(first)[1]["response"]["uid"] for _ in range(many)]
@@ -423,7 +424,7 @@ def test_a_client_that_does_not_read_its_answers_is_cut_and_holds_nothing_up(
     raw.settimeout(10)
     raw.connect(("127.0.0.1", srv.port))
     tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
-    body = api_server_body(admission_review(GPU_POD, "stuck"))
+    body = sent_body(GPU_POD, "stuck")
     request = post("/mutate", body)
     sent = 0
     try:

@@ -44,7 +44,7 @@ STRICT = [
 
 
 # the same, written as the API server writes (compact, a newline at the end): the fast path's refusals
-_COMPACT = json.dumps(admission_review(POD, "strict-1"), separators=(",", ":")) + "\n"
+_COMPACT = admission.api_server_bytes(admission_review(POD, "strict-1")).decode()
 STRICT_COMPACT = [
     (f"{name}-compact", _COMPACT.replace(old, new, 1), words)
     for name, old, new, words in [

@@ -177,13 +177,18 @@ _GO_ESCAPES = (
 )
 
 
-def _as_api_server_writes(value: Any) -> bytes:
-    """``value`` encoded the way the API server encodes an AdmissionReview (compact, HTML-escaped)."""
-    out = orjson.dumps(value)
+def _go_escaped(out: bytes) -> bytes:
     for char, escape in _GO_ESCAPES:
         if char in out:
             out = out.replace(char, escape)
     return out
+
+
+def api_server_bytes(value: Any) -> bytes:
+    """``value`` written the way the API server writes a review body: compact JSON with ``<``, ``>``, ``&``,
+    U+2028 and U+2029 escaped (Go's encoding/json) and a newline at the end (its json.Encoder). The captured
+    reviews in tests/data/admission are byte for byte this; ``canonical`` reads exactly these."""
+    return _go_escaped(dumps(value)) + b"\n"
 
 
 def canonical(raw: bytes | bytearray) -> Any | None:
@@ -200,7 +205,7 @@ def canonical(raw: bytes | bytearray) -> Any | None:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    out = _as_api_server_writes(value)
+    out = _go_escaped(orjson.dumps(value))
     extra = len(raw) - len(out)  # the API server ends the body with a newline
     if (extra == 0 or (extra == 1 and raw[-1] == 0x0A)) and raw.startswith(out):
         return value
@@ -208,11 +213,11 @@ def canonical(raw: bytes | bytearray) -> Any | None:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON of an answer: orjson, or the standard library for what orjson refuses (ints over 64 bits)."""
+    """Compact UTF-8 JSON: orjson, or the standard library for what orjson refuses (ints over 64 bits)."""
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def loads_strict(raw: bytes | str) -> Any:
