@@ -221,3 +221,16 @@ def test_bad_limits_are_refused_at_start(tls_files: Any, flag: str, value: str, 
 
     done = serve_once(tls_files, flag, value, timeout=30)
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["/admit", "/mutate", "/validate"])
+def test_a_lone_surrogate_is_decided_not_failed_open(server: Server, endpoint: str) -> None:
+    """A JSON escape for half a UTF-16 pair (no API server sends one; any client can): decided like any other
+    name, its answer and its decision log line written with the escape."""
+    body = _COMPACT.replace('"name":"trainer-0"', '"name":"trainer-\\ud800"')
+    assert body != _COMPACT
+    resp = server.post(endpoint, body.encode())
+    assert resp.status_code == 200, resp.text[:300]
+    answer = resp.json()["response"]
+    assert answer["uid"] == "strict-1"
+    assert not any("internal error" in w for w in answer.get("warnings", [])), answer

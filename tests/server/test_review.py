@@ -70,3 +70,13 @@ def test_integers_beyond_64_bits_are_read_and_answered() -> None:
     assert review.loads_strict(raw)["request"]["object"]["spec"]["terminationGracePeriodSeconds"] == big
     assert review.dumps({"n": big}) == b'{"n":1180591620717411303424}'
     assert json.loads(review.dumps({"n": big, "s": "é<"})) == {"n": big, "s": "é<"}
+
+
+def test_a_lone_surrogate_is_read_and_answered() -> None:
+    """Go's decoder turns it into U+FFFD, so the API server never sends one; another client may: its body goes to
+    the checked parser, and answers carry it as a \\u escape instead of failing to encode."""
+    raw = COMPACT.replace('"name":"p-0"', '"name":"p-\\ud800"').encode()
+    assert review.canonical(raw) is None
+    body = review.loads_strict(raw)
+    assert body["request"]["object"]["metadata"]["name"] == "p-\ud800"
+    assert json.loads(review.dumps(body)) == body

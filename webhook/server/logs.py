@@ -110,7 +110,7 @@ def write_line(logger: logging.Logger, level: int, msg: str, fields: dict[str, A
     try:  # orjson: the same compact UTF-8 line, several times faster (the standard encoder for what it refuses)
         data = orjson.dumps(line, default=str) + handler.terminator.encode()
     except TypeError:
-        data = (_ENCODER.encode(line) + handler.terminator).encode()
+        data = (_ENCODER.encode(line) + handler.terminator).encode("utf-8", "backslashreplace")
     _direct.busy = True
     handler.acquire()
     try:

@@ -217,7 +217,11 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (only a checked-parser body can hold one): \u escapes
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def loads_strict(raw: bytes | str) -> Any:
