@@ -365,8 +365,9 @@ def _targets(copy: dict[str, Any], workload: Workload, only: list[Group] | None,
             namespace_team=ns_team,
             namespace_team_source=source,
             gang=run.gangs.get(group.path),
+            submitted=submitted if isinstance(submitted, dict) else None,
         )
-        for group, template in workload.templates_in(copy, only)
+        for group, template, submitted in workload.templates_in(copy, only)
     ]
 
 
