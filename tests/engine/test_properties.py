@@ -548,6 +548,7 @@ USER_LISTS = [
     ("affinity", "podAffinity", "preferredDuringSchedulingIgnoredDuringExecution"),
     ("affinity", "nodeAffinity", "preferredDuringSchedulingIgnoredDuringExecution"),
     ("tolerations",),
+    ("topologySpreadConstraints",),
 ]
 NODE_TERMS = ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
 
@@ -574,14 +575,6 @@ def test_generated_workloads(g: Generated) -> None:
         mine = _at(before["spec"], path)
         if isinstance(mine, list):
             assert _at(after["spec"], path)[: len(mine)] == mine, f"spec.{'.'.join(path)} was rewritten"
-    # the user's own spread constraints stay, in place; only the maxSkew of one selecting the group may be lowered
-    # to the policy's (a looser one holds the (key, whenUnsatisfiable) pair the policy's constraint needs)
-    mine = _at(before["spec"], ("topologySpreadConstraints",)) or []
-    theirs = (_at(after["spec"], ("topologySpreadConstraints",)) or [])[: len(mine)]
-    for old, new in zip(mine, theirs, strict=True):
-        assert {**old, "maxSkew": 0} == {**new, "maxSkew": 0} and new["maxSkew"] <= old["maxSkew"], (old, new)
-        if new != old:
-            assert selects(old["labelSelector"], g.pod_labels) and new["maxSkew"] == 1, (old, new)
     # required node selector terms are ORed: health avoidance may append an expression to each term, but the
     # user's terms stay in place and keep every expression they had
     mine = _at(before["spec"], NODE_TERMS)
@@ -630,24 +623,23 @@ def test_generated_workloads(g: Generated) -> None:
         assert now == had, "anti-affinity added although the group is single or already spread"
 
     # serving: zones spread by the policy's (zone, ScheduleAnyway, maxSkew 1) unless the user's own constraint selecting
-    # the group is as strict (maxSkew 1, either mode); a looser one holding the pair is tightened, one for other pods
-    # holding it leaves no room (validateTopologySpreadConstraints: Duplicate value)
+    # the group is as strict (maxSkew 1, either mode); one holding that pair otherwise (looser, or for other pods) is
+    # never rewritten and leaves no room (validateTopologySpreadConstraints: Duplicate value): weak-spread denies it
     zones_before, zones_after = _zone_constraints(before, g.pod_labels), _zone_constraints(after, g.pod_labels)
     pair = [c for c in before["spec"].get("topologySpreadConstraints") or [] if _zone_pair(c)]
+    weak = [v.rule for v in decision.violations if v.rule == "weak-spread"]
     if g.workload_class == "training":  # all-reduce wants one zone: training is never spread across zones
         assert after["spec"].get("topologySpreadConstraints") == before["spec"].get("topologySpreadConstraints"), (
             "a training workload got a topology spread constraint"
         )
+        assert not weak
     elif g.replicas < 2 or not spreads or any(c["maxSkew"] <= 1 for c in zones_before):
-        assert zones_after == zones_before
-    elif pair and not selects(pair[0]["labelSelector"], g.pod_labels):
-        assert zones_after == zones_before  # and a warning says why
-        assert any("not spread over " + ZONE in w for w in decision.warnings), decision.warnings
+        assert zones_after == zones_before and not weak
     elif pair:
-        assert len(zones_after) == len(zones_before) and [c for c in zones_after if _zone_pair(c)][0]["maxSkew"] == 1
+        assert zones_after == zones_before and weak == ["weak-spread"], (pair, decision.violations)
     else:
         assert len(zones_after) == len(zones_before) + 1, f"serving group not spread over zones: {zones_after}"
-        assert _zone_pair(zones_after[-1]) and zones_after[-1]["maxSkew"] == 1
+        assert _zone_pair(zones_after[-1]) and zones_after[-1]["maxSkew"] == 1 and not weak
 
     if g.kind == "Deployment":
         assert k8s_errors(decision.mutated) is None, k8s_errors(decision.mutated)

@@ -10,27 +10,26 @@ domains; ``matchLabelKeys`` with the controller's revision label counts only the
 
 A constraint already in the template stands in for the policy's only when it is at least as strict:
 same key, selects the group, ``DoNotSchedule`` when the policy asks ``DoNotSchedule``, ``maxSkew`` no
-larger than the policy's. A weaker one (``maxSkew: 1000``, ``ScheduleAnyway`` for a ``DoNotSchedule``
-policy) would otherwise let a tenant switch the spreading off. When the policy's constraint is needed:
+larger than the policy's (``spread_by``). A weaker one (``maxSkew: 1000``, ``ScheduleAnyway`` for a
+``DoNotSchedule`` policy) would otherwise let a tenant switch the spreading off. When the policy's
+constraint is needed:
 
-- its pair (key, whenUnsatisfiable) is free: it is added (beside a weaker constraint of the other
-  pair: both apply, the scheduler honours each);
-- the pair holds the template's own constraint selecting the group, with a larger ``maxSkew``: that
-  constraint is tightened in place to the policy's ``maxSkew`` (a second one for the pair is
-  invalid; the tenant's selector, ``matchLabelKeys``, ``minDomains`` and node policies are kept, and
-  ``minDomains`` stays valid as whenUnsatisfiable does not change). Dropping theirs for ours would
-  discard what they chose; adding ours under the other pair would either ask ``DoNotSchedule`` of a
-  ``ScheduleAnyway`` policy (pods Pending where the policy accepts skew) or be weaker than asked;
-- the pair holds a constraint for other pods: nothing can be added without an invalid spec, and it is
-  not the group's to tighten; a warning says so.
+- its pair (key, whenUnsatisfiable) is free: it is added, beside a weaker constraint of the other
+  pair if there is one (both apply: the scheduler honours each);
+- the pair is held by a constraint of the template (looser, or for other pods): a second one for the
+  pair is invalid, and rewriting the tenant's is not spreadguard's to do (design: never remove or
+  rewrite what the user wrote; add, or reject with a reason). Adding ours under the other pair is no
+  answer either: ``DoNotSchedule`` for a ``ScheduleAnyway`` policy leaves pods Pending where the policy
+  accepts skew, the reverse is weaker than asked. Nothing is added, and the rule ``weak-spread``
+  rejects the object saying which constraint to tighten (or only warns, as the policy's action says).
 
-A constraint spreadguard added or tightened earlier in this evaluation (an earlier policy: past the
-end of the submitted list, or differing from the submitted one at its index) wins, as for every
-mutator: a later policy adds nothing on the same key.
+A constraint spreadguard added earlier in this evaluation (an earlier policy; in the working copy past
+the end of the submitted list) wins, as for every mutator: a later policy adds nothing on the same key.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.engine import podspec
@@ -46,7 +45,7 @@ def _selector_keys(selector: dict[str, Any]) -> set[str]:
     return keys
 
 
-def _strict_enough(x: dict[str, Any], c: SpreadConstraint) -> bool:
+def strict_enough(x: dict[str, Any], c: SpreadConstraint) -> bool:
     """Whether constraint ``x`` (same key, selecting the group) spreads at least as tightly as ``c``."""
     skew = x.get("maxSkew")
     if not isinstance(skew, int) or isinstance(skew, bool) or not 0 < skew <= c.maxSkew:
@@ -54,49 +53,51 @@ def _strict_enough(x: dict[str, Any], c: SpreadConstraint) -> bool:
     return c.whenUnsatisfiable != "DoNotSchedule" or x.get("whenUnsatisfiable") == "DoNotSchedule"
 
 
-def _describe(x: dict[str, Any]) -> str:
+def describe(x: dict[str, Any]) -> str:
     return f"{x.get('whenUnsatisfiable')}, maxSkew {x.get('maxSkew')}"
+
+
+@dataclass
+class Existing:
+    """What the template has on one policy constraint's key."""
+
+    spread: bool  # a constraint at least as strict, or spreadguard's own from an earlier policy
+    weaker: list[dict[str, Any]]  # the template's own constraints selecting the group, looser than the policy's
+    occupant: tuple[int, dict[str, Any]] | None  # (index, constraint) holding the policy's pair, when not spread
+
+
+def spread_by(t: Target, c: SpreadConstraint) -> Existing:
+    """The constraints of ``t``'s template on ``c``'s key, judged against ``c``. Mutators only append to the
+    list, so an entry past the submitted list's length is spreadguard's (an earlier policy's)."""
+    raw = t.submitted_spec.get("topologySpreadConstraints")
+    own = len(raw) if isinstance(raw, list) else 0
+    raw = t.spec.get("topologySpreadConstraints")
+    labels, spread, weaker, occupant = t.labels, False, [], None
+    for i, x in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(x, dict) or x.get("topologyKey") != c.topologyKey:
+            continue
+        if x.get("whenUnsatisfiable") == c.whenUnsatisfiable:
+            occupant = (i, x)
+        if not podspec.term_selects(x, labels, t.namespace):
+            continue
+        if i >= own or strict_enough(x, c):
+            spread = True
+        else:
+            weaker.append(x)
+    return Existing(spread, weaker, None if spread else occupant)
 
 
 def mutate(t: Target) -> str | None:
     if not t.group.selector or t.placement_owner or not t.spreads:
         return None
-    labels = t.labels
     added: list[str] = []
     revision = t.kind.revision_label
-    raw = t.submitted_spec.get("topologySpreadConstraints")
-    submitted = raw if isinstance(raw, list) else []
     for c in t.policy.mutate.topologySpread:
         if t.group.replicas is not None and t.group.replicas < c.minReplicas:
             continue
-        raw = t.spec.get("topologySpreadConstraints")
-        on_key = [
-            (i, x)
-            for i, x in enumerate(raw if isinstance(raw, list) else [])
-            if isinstance(x, dict) and x.get("topologyKey") == c.topologyKey
-        ]
-        selecting = [(i, x) for i, x in on_key if podspec.term_selects(x, labels, t.namespace)]
-        if any(i >= len(submitted) or x != submitted[i] for i, x in selecting):
-            continue  # spreadguard's own, from an earlier policy of this evaluation: it wins
-        if any(_strict_enough(x, c) for _, x in selecting):
-            continue  # the template's own spreads the group at least as tightly
-        wanted = f"{c.whenUnsatisfiable}, maxSkew {c.maxSkew}"
-        occupant = next((x for _, x in on_key if x.get("whenUnsatisfiable") == c.whenUnsatisfiable), None)
-        if occupant is not None:  # the pair is taken: a second constraint for it is invalid
-            skew = occupant.get("maxSkew")
-            if any(x is occupant for _, x in selecting) and isinstance(skew, int) and not isinstance(skew, bool):
-                occupant["maxSkew"] = c.maxSkew
-                added.append(
-                    f"{c.topologyKey} (the template's own constraint ({c.whenUnsatisfiable}, maxSkew {skew}) "
-                    f"tightened to maxSkew {c.maxSkew})"
-                )
-            else:
-                t.info.append(
-                    f"{t.describe}, class {t.placement}: not spread over {c.topologyKey} ({wanted}): the template's "
-                    f"constraint for that key and {c.whenUnsatisfiable} ({_describe(occupant)}) does not select the "
-                    "group's pods, and the API allows one per key and whenUnsatisfiable"
-                )
-            continue
+        existing = spread_by(t, c)
+        if existing.spread or existing.occupant is not None:
+            continue  # spread already; or the pair is held: a duplicate is invalid (rule weak-spread judges it)
         constraint: dict[str, Any] = {
             "maxSkew": c.maxSkew,
             "topologyKey": c.topologyKey,
@@ -107,9 +108,10 @@ def mutate(t: Target) -> str | None:
         if revision and revision not in _selector_keys(t.group.selector):
             constraint["matchLabelKeys"] = [revision]
         podspec.child(podspec.path_to(t.template, "spec"), "topologySpreadConstraints", list).append(constraint)
-        weaker = "; ".join(_describe(x) for _, x in selecting)
+        weaker = "; ".join(describe(x) for x in existing.weaker)
         added.append(
-            f"{c.topologyKey} ({wanted}; the template's own ({weaker}) does not keep the pods apart)"
+            f"{c.topologyKey} ({c.whenUnsatisfiable}, maxSkew {c.maxSkew}; the template's own ({weaker}) does not "
+            "keep the pods apart)"
             if weaker
             else c.topologyKey
         )
