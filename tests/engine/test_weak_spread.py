@@ -221,6 +221,17 @@ def test_a_pod_of_a_mutated_deployment_gets_no_second_spread(tenant: int | None,
     assert again.allowed, again.violations
 
 
+def test_the_pods_of_a_workload_admitted_with_a_weak_constraint_are_not_denied() -> None:
+    """weak-spread judges the workload; denying the pods of one admitted before (or under warn) would only
+    leave it with fewer replicas."""
+    loose = {"maxSkew": 1000, "topologyKey": ZONE, "whenUnsatisfiable": "ScheduleAnyway"}
+    obj = deployment({"topologySpreadConstraints": [{**loose, "labelSelector": {"matchLabels": {"app": "llm"}}}]})
+    obj["spec"]["template"]["metadata"]["labels"]["spreadguard.io/workload"] = "serving"
+    assert [v.rule for v in evaluate(obj, Context(namespace="ml"), POLICIES).violations] == ["weak-spread"]
+    d = evaluate(pod_of(obj), Context(namespace="ml"), POLICIES)
+    assert d.allowed and "weak-spread" not in {v.rule for v in d.advisories}, d.violations
+
+
 def test_a_pod_of_a_mutated_ray_cluster_gets_nothing_more() -> None:
     """The captured RayCluster (116) mutated, then its captured worker Pod (132) as KubeRay would create it
     from the mutated worker template: no anti-affinity stacked at the Pod."""

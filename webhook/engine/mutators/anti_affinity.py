@@ -55,7 +55,7 @@ def _entries(spec: dict[str, Any], required: bool) -> list[Any]:
     return entries if isinstance(entries, list) else []
 
 
-def _repels(entry: Any, required: bool, t: Target, topology_key: str) -> bool:
+def _repels(entry: Any, required: bool, t: Target, labels: dict[str, str], topology_key: str) -> bool:
     """Whether one entry repels the group's own pods on ``topology_key``.
 
     A term with ``mismatchLabelKeys`` does not count: the API server merges each key into its selector as
@@ -64,19 +64,19 @@ def _repels(entry: Any, required: bool, t: Target, topology_key: str) -> bool:
     term = entry if required else (entry.get("podAffinityTerm") if isinstance(entry, dict) else None)
     if not isinstance(term, dict) or term.get("mismatchLabelKeys") or term.get("topologyKey") != topology_key:
         return False
-    return podspec.term_selects(term, t.labels, t.namespace)
+    return podspec.term_selects(term, labels, t.namespace)
 
 
 def already_spread(t: Target, topology_key: str) -> Spread:
     """The terms repelling the group on ``topology_key``: those of the submitted template (by kind, the
     preferred ones' weights) and whether spreadguard added one earlier in this evaluation. Mutators only
     append to these lists, so an entry past the submitted list's length is spreadguard's."""
-    out = Spread()
+    out, labels = Spread(), t.labels
     submitted = t.submitted_spec
     for required in (True, False):
         own = len(_entries(submitted, required))
         for i, entry in enumerate(_entries(t.spec, required)):
-            if not _repels(entry, required, t, topology_key):
+            if not _repels(entry, required, t, labels, topology_key):
                 continue
             if i >= own:
                 out.added = True

@@ -7,6 +7,10 @@ other pods) under the policy's pair. spreadguard never rewrites what the user wr
 answer is this rule: deny with the fix (or warn, as the policy says). A constraint at least as strict as
 the policy's (same key, selects the group, ``DoNotSchedule`` when asked, ``maxSkew`` no larger) counts
 as spread and does not trip it (mutators/topology_spread.py decides what stands in for the policy's).
+
+Judged on the workload, where the tenant wrote it and can fix it; not at a Pod of a controller (group
+size unknown): denying the pods of a workload admitted earlier (before spreadguard, or under warn)
+would leave it with fewer replicas, worse than the weak spread.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ DEFAULT_ACTION = "deny"
 
 
 def check(t: Target) -> list[Finding]:
-    if not t.group.selector or t.placement_owner or not t.spreads:
+    if not t.group.selector or t.placement_owner or not t.spreads or t.group.replicas is None:
         return []
     out = []
     for c in t.policy.mutate.topologySpread:
-        if t.group.replicas is not None and t.group.replicas < c.minReplicas:
+        if t.group.replicas < c.minReplicas:
             continue
         existing = spread_by(t, c)
         if existing.occupant is None:
