@@ -6,8 +6,8 @@ How several matching policies combine: policies run in name order. Mutations of 
 there, so a later policy never duplicates or rewrites an earlier one's addition. Each target also
 carries its group's template as submitted (``Target.submitted``, the model's, never copied or
 written): spreading mutators tell the tenant's own terms (judged for strength: a weak one does not
-count) from an earlier policy's additions (what the copy has beyond it: these always count). Rule findings are
-collected from every policy; a finding denies when its policy is in ``enforce`` mode and the rule's
+count) from an earlier policy's additions (what the copy has beyond it: these always count).
+Rule findings are collected from every policy; a finding denies when its policy is in ``enforce`` mode and the rule's
 action is ``deny``; otherwise it becomes a warning. ``dryrun`` policies change nothing: what they
 would add and reject is reported as warnings and audit annotations.
 """
