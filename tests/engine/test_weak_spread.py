@@ -14,6 +14,8 @@ import pytest
 from apirules import pod_spec_errors
 from conftest import REPO
 
+from webhook.engine import labels as labelsel
+from webhook.engine import workloads
 from webhook.engine.cases import case_context
 from webhook.engine.decide import evaluate
 from webhook.engine.policy import Policy, load_policies, parse_policy_text
@@ -232,25 +234,37 @@ def test_the_pods_of_a_workload_admitted_with_a_weak_constraint_are_not_denied()
     assert d.allowed and "weak-spread" not in {v.rule for v in d.advisories}, d.violations
 
 
-def test_a_pod_of_a_mutated_ray_cluster_gets_nothing_more() -> None:
-    """The captured RayCluster (116) mutated, then its captured worker Pod (132) as KubeRay would create it
-    from the mutated worker template: no anti-affinity stacked at the Pod."""
-    cluster_review = json.loads((REPO / "tests/data/admission/116-RayCluster-rl-CREATE-mutate.json").read_text())
-    pod_review = json.loads((REPO / "tests/data/admission/132-Pod-rl-gpu-workers-abcde-CREATE-mutate.json").read_text())
-    ray = cluster_review["request"]["object"]
-    d = evaluate(ray, Context(namespace="ml"), POLICIES)
-    worker = jsonpatch.apply_patch(ray, d.patch)["spec"]["workerGroupSpecs"][0]["template"]
-    assert anti({"kind": "Pod", "spec": worker["spec"]}), (
-        "the worker group must be spread for this test to mean anything"
-    )
-    pod = copy.deepcopy(pod_review["request"]["object"])
-    pod["metadata"]["labels"].update(worker["metadata"]["labels"])
+CAPTURED = [  # (workload, one of its pods), as the API server sent them (tests/data/admission/README.md)
+    ("116-RayCluster-rl-CREATE-mutate.json", "132-Pod-rl-gpu-workers-abcde-CREATE-mutate.json"),
+    ("100-PyTorchJob-bert-CREATE-mutate.json", "128-Pod-bert-worker-0-CREATE-mutate.json"),
+    ("110-JobSet-pretrain-CREATE-mutate.json", "130-Pod-pretrain-workers-0-1-CREATE-mutate.json"),
+]
+
+
+def _review(name: str) -> dict[str, Any]:
+    return json.loads((REPO / "tests" / "data" / "admission" / name).read_text())["request"]["object"]
+
+
+@pytest.mark.parametrize(("workload", "pod"), CAPTURED, ids=[w.split("-CREATE")[0] for w, _ in CAPTURED])
+def test_a_pod_of_a_mutated_captured_workload_gets_no_second_spread(workload: str, pod: str) -> None:
+    """The captured workload mutated, then its captured Pod as the operator would create it from the mutated
+    template of its group: the Pod backstop adds no anti-affinity or spread constraint on top."""
+    obj = _review(workload)
+    mutated = jsonpatch.apply_patch(obj, evaluate(obj, Context(namespace="ml"), POLICIES).patch)
+    created = copy.deepcopy(_review(pod))
+    labels = created["metadata"]["labels"]
+    [group] = [g for g in workloads.groups_of(mutated) if g.selector and labelsel.matches(g.selector, labels)]
+    template = workloads.pod_template(mutated, group)
+    # Ray workers are replicas (spread over hosts); PyTorchJob and JobSet workers a gang (kept in one zone)
+    assert ("podAntiAffinity" in template["spec"]["affinity"]) == workload.startswith("116-"), template["spec"]
+    labels.update((template.get("metadata") or {}).get("labels") or {})
     for key in ("affinity", "tolerations", "topologySpreadConstraints"):
-        if key in worker["spec"]:
-            pod["spec"][key] = worker["spec"][key]
-    again = evaluate(pod, Context(namespace="ml"), POLICIES)
-    assert [op for op in again.patch if "podAntiAffinity" in json.dumps(op)] == []
-    assert anti(pod) == anti(jsonpatch.apply_patch(pod, again.patch))
+        if key in template["spec"]:
+            created["spec"][key] = template["spec"][key]
+    again = evaluate(created, Context(namespace="ml"), POLICIES)
+    stacked = [op for op in again.patch if "podAntiAffinity" in json.dumps(op) or "topologySpread" in json.dumps(op)]
+    assert stacked == [], stacked
+    assert again.allowed, again.violations
 
 
 # ------------------------------------------------------------- the API rules these rely on
