@@ -117,11 +117,10 @@ def mutate(t: Target) -> str | None:
     term = {"labelSelector": t.group.selector, "topologyKey": cfg.topologyKey}
     mode, why = cfg.mode, ""
     view = t.context.cluster
-    unknown_size = False
     if mode == "required" and t.group.replicas is None:
         # a Pod whose workload was not mutated (created before spreadguard, or an unlisted controller):
         # its group size is unknown, so required could leave pods Pending forever
-        mode, why, unknown_size = "preferred", " instead of required (group size unknown at the pod)", True
+        mode, why = "preferred", " instead of required (group size unknown at the pod)"
     elif mode == "required" and cfg.onShortage == "preferred":
         short = shortage(t)
         if short:
@@ -133,8 +132,9 @@ def mutate(t: Target) -> str | None:
             why = _why_required(t)
     own = spread.preferred_weights
     if mode == "preferred" and own:
-        # a second preferred term on the same key and selector guarantees nothing more
-        if not unknown_size:
+        # a second preferred term on the same key and selector guarantees nothing more; say so when the
+        # template's is lighter than the policy's (not at a Pod: its workload was told)
+        if t.group.replicas is not None and max(own) < cfg.weight:
             t.info.append(
                 f"{t.describe}, class {t.placement}: preferred anti-affinity on {cfg.topologyKey}{why} left to the "
                 f"template's own preferred anti-affinity (weight {_weights(own)}; the policy's weight is {cfg.weight})"
