@@ -17,8 +17,9 @@ of these: that is how "spec.podReplacementPolicy: Unsupported value: Terminating
   updateStrategy, revisionHistoryLimit, persistentVolumeClaimRetentionPolicy, minReadySeconds change.
 - pkg/apis/core/validation ValidatePodSpecUpdate: a Pod's spec is immutable but for additions to
   tolerations (and a few fields spreadguard never writes).
-- pkg/apis/core/validation validateTopologySpreadConstraints: one constraint per (topologyKey,
-  whenUnsatisfiable), nodeTaintsPolicy/nodeAffinityPolicy Honor|Ignore, matchLabelKeys only with a
+- pkg/apis/core/validation validateTopologySpreadConstraints: maxSkew > 0 (ValidateMaxSkew), one constraint
+  per (topologyKey, whenUnsatisfiable), minDomains > 0 and only with whenUnsatisfiable DoNotSchedule
+  (validateMinDomains), nodeTaintsPolicy/nodeAffinityPolicy Honor|Ignore, matchLabelKeys only with a
   labelSelector and never a key the selector uses; validatePodAffinityTerm: the same for matchLabelKeys.
 """
 
@@ -94,6 +95,13 @@ def pod_spec_errors(spec: dict[str, Any], path: str = "spec") -> list[str]:
         if pair in seen:
             errs.append(f"{where}: Duplicate value: {pair}")
         seen.add(pair)
+        if not isinstance(c.get("maxSkew"), int) or c["maxSkew"] <= 0:
+            errs.append(f"{where}.maxSkew: must be greater than zero")
+        if "minDomains" in c:
+            if not isinstance(c["minDomains"], int) or c["minDomains"] <= 0:
+                errs.append(f"{where}.minDomains: must be greater than zero")
+            if c.get("whenUnsatisfiable") != "DoNotSchedule":
+                errs.append(f"{where}.minDomains: can only use minDomains if whenUnsatisfiable=DoNotSchedule")
         for policy in ("nodeTaintsPolicy", "nodeAffinityPolicy"):
             if policy in c and c[policy] not in ("Honor", "Ignore"):
                 errs.append(f"{where}.{policy}: Unsupported value")

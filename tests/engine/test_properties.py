@@ -535,13 +535,10 @@ def _zone_constraints(template: dict, labels: dict[str, str]) -> list[dict]:
     ]
 
 
-def _zone_pair_taken(template: dict) -> bool:
-    """The API allows one constraint per (topologyKey, whenUnsatisfiable) pair (validateTopologySpreadConstraints:
-    Duplicate value): a user's zone/ScheduleAnyway constraint for other pods leaves no room for spreadguard's."""
-    return any(
-        c.get("topologyKey") == ZONE and c.get("whenUnsatisfiable") == "ScheduleAnyway"
-        for c in (template.get("spec") or {}).get("topologySpreadConstraints") or []
-    )
+def _zone_pair(c: dict) -> bool:
+    """The (topologyKey, whenUnsatisfiable) pair the serving policy's zone constraint needs: the API allows one
+    constraint per pair (validateTopologySpreadConstraints: Duplicate value)."""
+    return c.get("topologyKey") == ZONE and c.get("whenUnsatisfiable") == "ScheduleAnyway"
 
 
 USER_LISTS = [
@@ -613,22 +610,36 @@ def test_generated_workloads(g: Generated) -> None:
         f"{g.workload_class}, {'several replicas' if g.replicas >= 2 else 'one replica'}, "
         f"{'already spread by the user' if had else 'not spread by the user'}"
     )
-    if g.replicas >= 2 and not had and spreads:
-        assert len(now) == 1, f"expected exactly one hostname anti-affinity term for the group, got {now}"
-        want = "required" if g.workload_class == "training" else "preferred"
-        assert now[0][0] == want, f"{g.workload_class} workloads get {want} anti-affinity, got {now[0][0]}"
+    # only the user's required terms keep replicas apart: a preferred one (any weight) does not, and spreadguard adds
+    # its own beside it; when its own choice is preferred too (serving without a cluster view), nothing is added
+    want = "required" if g.workload_class == "training" else "preferred"
+    kinds_before = [m for m, _ in had]
+    if g.replicas >= 2 and spreads and "required" not in kinds_before and want not in kinds_before:
+        added = [m for m, _ in now]
+        for m in kinds_before:
+            added.remove(m)
+        assert added == [want], f"{g.workload_class} workloads get one {want} term beside {kinds_before}, got {now}"
     else:
         assert now == had, "anti-affinity added although the group is single or already spread"
 
+    # serving: zones spread by the policy's (zone, ScheduleAnyway, maxSkew 1) unless the user's own constraint selecting
+    # the group is as strict (maxSkew 1, either mode); one holding that pair otherwise (looser, or for other pods) is
+    # never rewritten and leaves no room (validateTopologySpreadConstraints: Duplicate value): weak-spread denies it
     zones_before, zones_after = _zone_constraints(before, g.pod_labels), _zone_constraints(after, g.pod_labels)
+    pair = [c for c in before["spec"].get("topologySpreadConstraints") or [] if _zone_pair(c)]
+    weak = [v.rule for v in decision.violations if v.rule == "weak-spread"]
     if g.workload_class == "training":  # all-reduce wants one zone: training is never spread across zones
-        assert len(after["spec"].get("topologySpreadConstraints") or []) == len(
-            before["spec"].get("topologySpreadConstraints") or []
-        ), "a training workload got a topology spread constraint"
-    elif g.replicas >= 2 and not zones_before and spreads and not _zone_pair_taken(before):
-        assert len(zones_after) == 1, f"serving group not spread over zones: {zones_after}"
+        assert after["spec"].get("topologySpreadConstraints") == before["spec"].get("topologySpreadConstraints"), (
+            "a training workload got a topology spread constraint"
+        )
+        assert not weak
+    elif g.replicas < 2 or not spreads or any(c["maxSkew"] <= 1 for c in zones_before):
+        assert zones_after == zones_before and not weak
+    elif pair:
+        assert zones_after == zones_before and weak == ["weak-spread"], (pair, decision.violations)
     else:
-        assert zones_after == zones_before
+        assert len(zones_after) == len(zones_before) + 1, f"serving group not spread over zones: {zones_after}"
+        assert _zone_pair(zones_after[-1]) and zones_after[-1]["maxSkew"] == 1 and not weak
 
     if g.kind == "Deployment":
         assert k8s_errors(decision.mutated) is None, k8s_errors(decision.mutated)

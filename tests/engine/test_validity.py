@@ -316,9 +316,11 @@ def test_a_users_constraint_on_the_same_key_and_mode_is_not_duplicated() -> None
         "labelSelector": {"matchLabels": {"tier": "gpu"}},
     }
     obj["spec"]["template"]["spec"]["topologySpreadConstraints"] = [mine]
-    after, _ = applied(obj, Context(namespace="ml"))
+    after, d = applied(obj, Context(namespace="ml"))
     assert after["spec"]["template"]["spec"]["topologySpreadConstraints"] == [mine]
     assert pod_spec_errors(after["spec"]["template"]["spec"]) == []
+    # it selects other pods and holds the pair the policy's zone constraint needs: the group would not be spread
+    assert [v.rule for v in d.violations] == ["weak-spread"]
 
 
 @pytest.mark.parametrize(

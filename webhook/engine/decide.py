@@ -3,8 +3,11 @@ audit command and the policy tests. No HTTP, no cluster calls.
 
 How several matching policies combine: policies run in name order. Mutations of ``enforce`` and
 ``warn`` policies apply one after another on the same copy; each mutator skips what is already
-there, so a later policy never duplicates or rewrites an earlier one's addition. Rule findings are
-collected from every policy; a finding denies when its policy is in ``enforce`` mode and the rule's
+there, so a later policy never duplicates or rewrites an earlier one's addition. Each target also
+carries its group's template as submitted (``Target.submitted``, the model's, never copied or
+written): spreading mutators tell the tenant's own terms (judged for strength: a weak one does not
+count) from an earlier policy's additions (what the copy has beyond it: these always count).
+Rule findings are collected from every policy; a finding denies when its policy is in ``enforce`` mode and the rule's
 action is ``deny``; otherwise it becomes a warning. ``dryrun`` policies change nothing: what they
 would add and reject is reported as warnings and audit annotations.
 """
@@ -365,8 +368,9 @@ def _targets(copy: dict[str, Any], workload: Workload, only: list[Group] | None,
             namespace_team=ns_team,
             namespace_team_source=source,
             gang=run.gangs.get(group.path),
+            submitted=submitted if isinstance(submitted, dict) else None,
         )
-        for group, template in workload.templates_in(copy, only)
+        for group, template, submitted in workload.templates_in(copy, only)
     ]
 
 

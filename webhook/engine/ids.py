@@ -20,6 +20,7 @@ TEMPLATE_RULE_IDS = (
     "node-local-checkpoint",
     "preemption-disabled",
     "exclusive-hostname",
+    "weak-spread",
 )
 # rules that judge the spreadguard.io/exempt annotation itself
 EXEMPTION_RULE_IDS = ("anti-affinity-disabled", "exemption-unauthorized")

@@ -73,8 +73,11 @@ class Workload:
         )
         return WorkloadFacts(facts, gpu_by_group)
 
-    def templates_in(self, copy: dict[str, Any], only: list[Group] | None = None) -> list[tuple[Group, dict[str, Any]]]:
-        """(group, template) pairs inside ``copy`` (a working copy of ``obj``), for the mutators to edit."""
+    def templates_in(
+        self, copy: dict[str, Any], only: list[Group] | None = None
+    ) -> list[tuple[Group, dict[str, Any], dict[str, Any]]]:
+        """(group, template inside ``copy``, template as submitted) for each group: ``copy`` is a working copy
+        of ``obj`` whose templates the mutators edit; the submitted one is the model's (read-only, not copied)."""
         out = []
         wanted = None if only is None else {g.path for g in only}  # by path: a list lookup made this n^2
         for m in self.groups:
@@ -82,7 +85,7 @@ class Workload:
                 continue
             template = workloads.pod_template(copy, m.group)
             if isinstance(template, dict):
-                out.append((m.group, template))
+                out.append((m.group, template, m.template))
         return out
 
 

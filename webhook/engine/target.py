@@ -55,6 +55,10 @@ class Target:
     exempt_stamp: tuple[str, str] | None = None  # (exempt annotation, signed grant) to record in the template
     namespace_team: str | None = None  # the team the namespace belongs to (policy map or namespace label)
     namespace_team_source: str = ""  # where namespace_team comes from, for messages
+    # the group's pod template as submitted (the model's, shared: read it, never write it); None: the
+    # template is taken as submitted. What ``template`` has beyond it, spreadguard added in this evaluation
+    # (an earlier policy's mutators), which a later policy must not stack on (``decide``'s module docstring)
+    submitted: dict[str, Any] | None = field(default=None, repr=False)
 
     def may_borrow(self) -> bool:
         """Whether this group's pods may tolerate every team's taint: a borrowing priority class, in a
@@ -82,6 +86,11 @@ class Target:
     @property
     def spec(self) -> dict[str, Any]:
         return spec_of(self.template)
+
+    @property
+    def submitted_spec(self) -> dict[str, Any]:
+        """The pod spec of the group as submitted (read-only)."""
+        return spec_of(self.template if self.submitted is None else self.submitted)
 
     @property
     def namespace(self) -> str:

@@ -21,6 +21,7 @@ from webhook.engine.rules import (
     singleton_role,
     team_label_claim,
     unschedulable_spread,
+    weak_spread,
     wildcard_toleration,
 )
 
@@ -39,6 +40,7 @@ RULES = {
         node_local_checkpoint,
         preemption_disabled,
         exclusive_hostname,
+        weak_spread,
     )
 }
 EXEMPTION_RULES = {m.ID: m for m in (anti_affinity_disabled, exemption_unauthorized)}
