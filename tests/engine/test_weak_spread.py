@@ -64,7 +64,7 @@ def policies(*docs: str) -> list[Policy]:
     return out
 
 
-def policy(name: str, mutate: str) -> str:
+def policy(name: str, mutate: str, rules: str = "{}") -> str:
     return f"""
 apiVersion: spreadguard.io/v1alpha1
 kind: HAPolicy
@@ -73,6 +73,7 @@ spec:
   mode: enforce
   match: {{any: [{{kinds: [Deployment, Pod]}}]}}
   mutate: {mutate}
+  rules: {rules}
 """
 
 
@@ -226,12 +227,30 @@ def test_a_pod_of_a_mutated_deployment_gets_no_second_spread(tenant: int | None,
 def test_the_pods_of_a_workload_admitted_with_a_weak_constraint_are_not_denied() -> None:
     """weak-spread judges the workload; denying the pods of one admitted before (or under warn) would only
     leave it with fewer replicas."""
-    loose = {"maxSkew": 1000, "topologyKey": ZONE, "whenUnsatisfiable": "ScheduleAnyway"}
+    loose = {"maxSkew": 1000, "topologyKey": ZONE, "whenUnsatisfiable": "DoNotSchedule"}
     obj = deployment({"topologySpreadConstraints": [{**loose, "labelSelector": {"matchLabels": {"app": "llm"}}}]})
     obj["spec"]["template"]["metadata"]["labels"]["spreadguard.io/workload"] = "serving"
-    assert [v.rule for v in evaluate(obj, Context(namespace="ml"), POLICIES).violations] == ["weak-spread"]
-    d = evaluate(pod_of(obj), Context(namespace="ml"), POLICIES)
+    hard = policies(policy("a", "{topologySpread: [{topologyKey: " + ZONE + ", whenUnsatisfiable: DoNotSchedule}]}"))
+    assert [v.rule for v in evaluate(obj, Context(namespace="ml"), hard).violations] == ["weak-spread"]
+    d = evaluate(pod_of(obj), Context(namespace="ml"), hard)
     assert d.allowed and "weak-spread" not in {v.rule for v in d.advisories}, d.violations
+
+
+def test_against_a_soft_policy_constraint_the_finding_is_a_warning_whatever_the_action() -> None:
+    """The policy's (zone, ScheduleAnyway) is a preference the scheduler may ignore anyway: a tenant's looser one
+    in its place is told (warning), not refused, even with weak-spread set to deny."""
+    loose = {"maxSkew": 2, "topologyKey": ZONE, "whenUnsatisfiable": "ScheduleAnyway"}
+    obj = deployment({"topologySpreadConstraints": [{**loose, "labelSelector": {"matchLabels": {"app": "llm"}}}]})
+    soft = policies(
+        policy(
+            "a",
+            "{topologySpread: [{topologyKey: " + ZONE + ", whenUnsatisfiable: ScheduleAnyway}]}",
+            rules="{weak-spread: {action: deny}}",
+        )
+    )
+    d = evaluate(obj, Context(namespace="ml"), soft)
+    assert d.allowed and d.violations == []
+    assert [v.rule for v in d.advisories] == ["weak-spread"] and "lower its maxSkew to 1" in d.advisories[0].message
 
 
 CAPTURED = [  # (workload, one of its pods), as the API server sent them (tests/data/admission/README.md)

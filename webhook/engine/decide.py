@@ -566,7 +566,7 @@ def evaluate(obj: dict[str, Any], context: Context | None, policies: list[Policy
                 denies = mode == "enforce" and action == "deny" and f.path in added
             else:
                 continue  # a pod's other fields cannot change after creation: nothing new to judge
-            run.add(rule_id, policy.name, f.path, f.message, denies)
+            run.add(rule_id, policy.name, f.path, f.message, denies and not f.advisory)
 
     decision.info.extend(
         f"zone/rack placement left to {o} (no spread or gang affinity added)" for o in sorted(placement_owners)

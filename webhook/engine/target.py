@@ -131,7 +131,11 @@ class Target:
 
 @dataclass(frozen=True)
 class Finding:
-    """A rule's verdict on one field: where and why (the message says why it matters and the fix)."""
+    """A rule's verdict on one field: where and why (the message says why it matters and the fix).
+
+    ``advisory``: a warning whatever the rule's action (the rule says when: e.g. weak-spread against a
+    policy constraint that is itself only a preference)."""
 
     path: str
     message: str
+    advisory: bool = False

@@ -4,7 +4,10 @@ while spreading the group less, so spreadguard cannot add its own: the API allow
 
 A tenant could otherwise switch zone spreading off by writing ``maxSkew: 1000`` (or a constraint for
 other pods) under the policy's pair. spreadguard never rewrites what the user wrote (design.md), so the
-answer is this rule: deny with the fix (or warn, as the policy says). A constraint at least as strict as
+answer is this rule: deny with the fix (or warn, as the policy says) where the policy's constraint is
+``DoNotSchedule``, a guarantee the tenant would evade; where it is ``ScheduleAnyway``, a preference the
+scheduler may ignore anyway, the finding is a warning whatever the action, so a serving Deployment with
+its own soft zone spread (say ``maxSkew: 2``) is admitted and told, not refused. A constraint at least as strict as
 the policy's (same key, selects the group, ``DoNotSchedule`` when asked, ``maxSkew`` no larger) counts
 as spread and does not trip it (mutators/topology_spread.py decides what stands in for the policy's).
 
@@ -42,10 +45,11 @@ def check(t: Target) -> list[Finding]:
             fix = "move it to the other whenUnsatisfiable or remove it"
         out.append(
             Finding(
-                t.path("spec", "topologySpreadConstraints", i),
-                f"{t.describe}: this constraint on {c.topologyKey} {why} and holds the one place the API allows "
-                f"for a constraint on ({c.topologyKey}, {c.whenUnsatisfiable}), so the group is not kept spread over "
-                f"{c.topologyKey}. Fix: {fix}, or remove it and let spreadguard add its own",
+                advisory=c.whenUnsatisfiable != "DoNotSchedule",
+                path=t.path("spec", "topologySpreadConstraints", i),
+                message=f"{t.describe}: this constraint on {c.topologyKey} {why} and holds the one place the API "
+                f"allows for a constraint on ({c.topologyKey}, {c.whenUnsatisfiable}), so the group is not kept spread "
+                f"over {c.topologyKey}. Fix: {fix}, or remove it and let spreadguard add its own",
             )
         )
     return out
