@@ -40,6 +40,8 @@ from webhook.certs.bootstrap import BootstrapError, Kube
 from webhook.cli import main as cli_main
 
 NS, SERVICE, SECRET, HOOK = "spreadguard", "spreadguard", "spreadguard-tls", "spreadguard"
+# the command line of every CLI test here, before its --kubeconfig and options
+BOOTSTRAP = ["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET, "--webhook", HOOK]
 TOKEN = "bootstrap-test-token"
 ADMISSION = "/apis/admissionregistration.k8s.io/v1/"
 KINDS = {
@@ -409,16 +411,7 @@ def test_forbidden_names_verb_and_resource_and_exits_2(
     api.forbidden.add(("create", "secrets"))
     code = cli_main(
         [
-            "certs",
-            "bootstrap",
-            "--namespace",
-            NS,
-            "--service",
-            SERVICE,
-            "--secret",
-            SECRET,
-            "--webhook",
-            HOOK,
+            *BOOTSTRAP,
             "--kubeconfig",
             str(kubeconfig),
         ]
@@ -432,16 +425,7 @@ def test_forbidden_names_verb_and_resource_and_exits_2(
     api.forbidden = {("patch", "validatingwebhookconfigurations")}
     code = cli_main(
         [
-            "certs",
-            "bootstrap",
-            "--namespace",
-            NS,
-            "--service",
-            SERVICE,
-            "--secret",
-            SECRET,
-            "--webhook",
-            HOOK,
+            *BOOTSTRAP,
             "--kubeconfig",
             str(kubeconfig),
         ]
@@ -456,16 +440,7 @@ def test_cli_success_prints_one_summary_line(
 ) -> None:
     code = cli_main(
         [
-            "certs",
-            "bootstrap",
-            "--namespace",
-            NS,
-            "--service",
-            SERVICE,
-            "--secret",
-            SECRET,
-            "--webhook",
-            HOOK,
+            *BOOTSTRAP,
             "--kubeconfig",
             str(kubeconfig),
             "--days",
@@ -512,7 +487,7 @@ def test_no_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypa
             }
         )
     )
-    args = ["certs", "bootstrap", "--namespace", NS, "--service", SERVICE, "--secret", SECRET, "--webhook", HOOK]
+    args = BOOTSTRAP
     assert cli_main([*args, "--kubeconfig", str(nothing)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach the API server at https://127.0.0.1:" in err, err

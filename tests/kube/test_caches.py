@@ -149,13 +149,19 @@ def test_initial_list_pages_through_the_nodes(fake: FakeApi, caches: list, tmp_p
     assert status["resources"]["nodes"]["pages"] == 3 and status["lastError"] is None
 
 
-def test_watch_events_update_the_view(fake: FakeApi, caches: list, tmp_path: Path) -> None:
+def two_nodes_watched(fake: FakeApi, caches: list[ClusterCache], tmp_path: Path) -> ClusterCache:
+    """A cache synced on nodes n1, n2 and namespace ml, with both its watches open."""
     fake.put("nodes", node("n1"))
     fake.put("nodes", node("n2"))
     fake.put("namespaces", namespace("ml"))
     fake.serve()
     cache = synced(make_cache(caches, tmp_path, fake.port).start())
     wait_for(lambda: fake.open_watches == 2, "both watches open")
+    return cache
+
+
+def test_watch_events_update_the_view(fake: FakeApi, caches: list, tmp_path: Path) -> None:
+    cache = two_nodes_watched(fake, caches, tmp_path)
     assert cache.view().node_count == 2
 
     fake.put("nodes", node("n3"))  # ADDED
@@ -222,12 +228,7 @@ def test_bursts_of_changes_are_coalesced(fake: FakeApi, caches: list, tmp_path: 
 
 
 def test_watch_error_410_relists(fake: FakeApi, caches: list, tmp_path: Path) -> None:
-    fake.put("nodes", node("n1"))
-    fake.put("nodes", node("n2"))
-    fake.put("namespaces", namespace("ml"))
-    fake.serve()
-    cache = synced(make_cache(caches, tmp_path, fake.port).start())
-    wait_for(lambda: fake.open_watches == 2, "both watches open")
+    cache = two_nodes_watched(fake, caches, tmp_path)
     assert (fake.count("nodes", "list"), fake.count("namespaces", "list")) == (1, 1)
 
     # changes the watch never delivers (compacted away), then the ERROR 410 on the open watches
